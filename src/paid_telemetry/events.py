@@ -1,0 +1,144 @@
+"""Recording outside agent runs: external API calls, pull requests, and workflows not on Temporal."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from paid_telemetry import runtime
+from paid_telemetry._wrap import decorate
+from paid_telemetry.agents import exit_status
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def record_pull_request(event: str, *, project_id: Any) -> None:
+    """Count a pull request an agent ``created`` or got ``merged`` (or ``closed``)."""
+    t = runtime.current()
+    try:
+        t.pull_requests.add(1, t.pr_labels.get((project_id, event)))
+    except Exception as exc:
+        t.guard.internal_error("record_pull_request", exc)
+
+
+class _Scope:
+    """Shared context-manager/decorator plumbing; subclasses implement _begin/_end."""
+
+    __slots__ = ("_span", "_start", "_t", "_token")
+
+    def __enter__(self) -> Any:
+        t = self._t = runtime.current()
+        self._span = None
+        self._token = None
+        try:
+            self._begin(t)
+        except Exception as exc:
+            t.guard.internal_error(type(self).__name__, exc)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        elapsed = time.perf_counter() - self._start
+        t = self._t
+        try:
+            self._end(t, elapsed, exc)
+        except Exception as err:
+            t.guard.internal_error(type(self).__name__, err)
+        finally:
+            if self._span is not None:
+                self._span.end()
+            if self._token is not None:
+                otel_context.detach(self._token)
+
+    async def __aenter__(self) -> Any:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def _open_span(self, t: runtime.Telemetry, name: str, kind: SpanKind, attrs: dict[str, Any]) -> None:
+        self._span = t.tracer.start_span(name, kind=kind, attributes=attrs)
+        self._token = otel_context.attach(otel_trace.set_span_in_context(self._span))
+
+    def _fail_span(self, exc: BaseException | None) -> None:
+        if self._span is not None and exc is not None:
+            self._span.record_exception(exc)
+            self._span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+
+    def _begin(self, t: runtime.Telemetry) -> None:
+        raise NotImplementedError
+
+    def _end(self, t: runtime.Telemetry, elapsed: float, exc: BaseException | None) -> None:
+        raise NotImplementedError
+
+
+class ExternalCall(_Scope):
+    """Latency and outcome of one call to an external API; an exception means ``error``.
+
+    Set ``outcome = "error"`` on the object to count a call that returned an error
+    without raising (an HTTP 5xx, say).
+    """
+
+    __slots__ = ("operation", "outcome", "service")
+
+    def __init__(self, service: str, operation: str) -> None:
+        self.service = service
+        self.operation = operation
+        self.outcome: str | None = None
+
+    def _begin(self, t: runtime.Telemetry) -> None:
+        self._open_span(
+            t, f"{self.service} {self.operation}", SpanKind.CLIENT,
+            {"paid.external.service": str(self.service), "paid.external.operation": str(self.operation)},
+        )
+
+    def _end(self, t: runtime.Telemetry, elapsed: float, exc: BaseException | None) -> None:
+        outcome = self.outcome or ("success" if exc is None else "error")
+        t.external_requests.add(1, t.external_labels.get((self.service, self.operation, outcome)))
+        t.external_duration.record(elapsed, t.external_hist_labels.get((self.service, self.operation)))
+        self._fail_span(exc)
+
+    def __call__(self, func: F) -> F:
+        service, operation = self.service, self.operation
+        return decorate(func, lambda _a, _k: ExternalCall(service, operation))
+
+
+class WorkflowScope(_Scope):
+    """A workflow that does not run on Temporal (Temporal ones are covered by the interceptor)."""
+
+    __slots__ = ("status", "workflow_type")
+
+    def __init__(self, workflow_type: str) -> None:
+        self.workflow_type = workflow_type
+        self.status: str | None = None
+
+    def _begin(self, t: runtime.Telemetry) -> None:
+        t.workflow_started.add(1, t.workflow_labels.get((self.workflow_type,)))
+        self._open_span(t, f"workflow {self.workflow_type}", SpanKind.INTERNAL,
+                        {"paid.workflow.type": str(self.workflow_type)})
+
+    def _end(self, t: runtime.Telemetry, elapsed: float, exc: BaseException | None) -> None:
+        status = self.status or exit_status(exc)
+        t.workflow_completed.add(1, t.workflow_status_labels.get((self.workflow_type, status)))
+        t.workflow_duration.record(elapsed, t.workflow_labels.get((self.workflow_type,)))
+        if status == "failed":
+            self._fail_span(exc)
+
+    def __call__(self, func: F) -> F:
+        workflow_type = self.workflow_type
+        return decorate(func, lambda _a, _k: WorkflowScope(workflow_type))
+
+
+def external_call(service: str, operation: str) -> ExternalCall:
+    """``with external_call("github", "create_pull_request"):`` or as a decorator."""
+    return ExternalCall(service, operation)
+
+
+def workflow(workflow_type: str) -> WorkflowScope:
+    """``with workflow("nightly_report"):`` or as a decorator, for workflows outside Temporal."""
+    return WorkflowScope(workflow_type)

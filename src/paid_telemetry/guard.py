@@ -1,0 +1,185 @@
+"""Input hygiene: instrumentation never raises into agent code, and labels stay bounded.
+
+Bad values are dropped or sanitised, counted in ``paid_telemetry_dropped_records_total``
+and warned about once per (instrument, reason). ``strict=True`` raises instead, for tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from paid_telemetry.catalogue import Instrument
+
+log = logging.getLogger("paid_telemetry")
+
+UNKNOWN = "unknown"
+OTHER = "other"
+OVERFLOW = "_overflow"
+MAX_COUNT = 1e12  # one call never legitimately records more tokens, cents or seconds than this
+
+
+class TelemetryInputError(ValueError):
+    """Raised for bad input only when paid-telemetry runs with ``strict=True``."""
+
+
+class Guard:
+    """Counts and reports rejected input; the single place that decides raise-or-swallow."""
+
+    def __init__(self, *, strict: bool, max_label_length: int, cardinality_limit: int) -> None:
+        self.strict = strict
+        self.max_label_length = max_label_length
+        self.cardinality_limit = cardinality_limit
+        self._warned: set[tuple[str, str]] = set()
+        self._attrs: dict[tuple[str, str], dict[str, str]] = {}
+        self._add: Callable[[int, Mapping[str, str]], None] = lambda n, a: None
+
+    def bind(self, add: Callable[[int, Mapping[str, str]], None]) -> None:
+        """Connect the self-metric counter (created after the guard)."""
+        self._add = add
+
+    def report(self, instrument: str, reason: str, detail: str, *, may_raise: bool = True) -> None:
+        """Count one rejected input; warn the first time; raise in strict mode."""
+        key = (instrument, reason)
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            attrs = self._attrs.setdefault(key, {"instrument": instrument, "reason": reason})
+        try:
+            self._add(1, attrs)
+        except Exception:  # pragma: no cover - the SDK itself failed; nothing more to do
+            pass
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(
+                "paid-telemetry: %s input to %s (%s); counted in "
+                "paid_telemetry_dropped_records_total, further cases are not logged",
+                reason, instrument, detail,
+            )
+        if self.strict and may_raise:
+            raise TelemetryInputError(f"{instrument}: {reason}: {detail}")
+
+    def internal_error(self, where: str, exc: BaseException) -> None:
+        """A bug of ours was caught so the caller never sees it (strict mode re-raises)."""
+        if isinstance(exc, TelemetryInputError):
+            raise exc
+        log.debug("paid-telemetry internal error in %s", where, exc_info=exc)
+        self.report(where, "internal_error", repr(exc)[:200])
+
+    # -- numbers -----------------------------------------------------------------------
+    def amount(self, instrument: str, value: Any) -> float | None:
+        """A non-negative finite amount (count, cost, duration), or None if it must be dropped."""
+        if type(value) is int or type(value) is float:
+            if 0 <= value <= MAX_COUNT:
+                return value
+            if value != value or value in (math.inf, -math.inf):
+                self.report(instrument, "not_finite", repr(value))
+            elif value < 0:
+                self.report(instrument, "negative", repr(value))
+            else:
+                self.report(instrument, "out_of_range", repr(value))
+            return None
+        if isinstance(value, bool) or value is None:
+            self.report(instrument, "wrong_type", type(value).__name__)
+            return None
+        try:
+            number = float(value)  # Decimal, numpy scalars, numeric strings
+        except (TypeError, ValueError, OverflowError):
+            self.report(instrument, "wrong_type", type(value).__name__)
+            return None
+        return self.amount(instrument, number)
+
+    def score(self, instrument: str, value: Any) -> float | None:
+        """A quality score in [0, 1], or None."""
+        number = self.amount(instrument, value)
+        if number is None:
+            return None
+        if number > 1.0:
+            self.report(instrument, "out_of_range", repr(value))
+            return None
+        return float(number)
+
+    # -- labels ------------------------------------------------------------------------
+    def label(self, instrument: str, value: Any) -> str:
+        """A bounded, non-empty string label value."""
+        if type(value) is not str:
+            if value is None or not isinstance(value, (str, int)) or isinstance(value, bool):
+                self.report(instrument, "wrong_type", type(value).__name__)
+                if value is None:
+                    return UNKNOWN
+            value = str(value)
+        if not value or value.isspace():
+            self.report(instrument, "empty_label", repr(value))
+            return UNKNOWN
+        if len(value) > self.max_label_length:
+            self.report(instrument, "label_too_long", f"{len(value)} characters")
+            return value[: self.max_label_length]
+        return value
+
+
+class LabelSets:
+    """Per-instrument cache from raw label values to a sanitised attribute dict.
+
+    A hit is one dict lookup, which keeps the hot path cheap. Distinct label sets are
+    capped at ``cardinality_limit``; past it, open labels fold into ``_overflow`` (closed
+    labels such as ``status`` keep their value) and every folded record is counted.
+    """
+
+    __slots__ = ("_cache", "_closed", "_guard", "_keys", "_name", "_on_new", "_seen")
+
+    def __init__(
+        self,
+        inst: Instrument,
+        guard: Guard,
+        closed: Mapping[str, tuple[str, ...]] | None = None,
+        on_new: Callable[[dict[str, str]], None] | None = None,
+    ) -> None:
+        self._name = inst.name
+        self._keys = inst.labels
+        self._guard = guard
+        self._closed = dict(closed or {})
+        self._cache: dict[tuple[Any, ...], dict[str, str]] = {}
+        self._seen: set[tuple[str, ...]] = set()
+        self._on_new = on_new
+
+    def get(self, values: tuple[Any, ...]) -> dict[str, str]:
+        try:
+            return self._cache[values]
+        except (KeyError, TypeError):
+            return self._admit(values)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def _admit(self, values: tuple[Any, ...]) -> dict[str, str]:
+        guard, name = self._guard, self._name
+        clean: list[str] = []
+        for key, raw in zip(self._keys, values, strict=True):
+            allowed = self._closed.get(key)
+            if allowed is not None:
+                if raw not in allowed:
+                    guard.report(name, "invalid_value", f"{key}={str(raw)[:40]!r}")
+                    raw = OTHER
+                clean.append(raw)
+            else:
+                clean.append(guard.label(name, raw))
+        sanitised = tuple(clean)
+        if sanitised not in self._seen:
+            if len(self._seen) >= guard.cardinality_limit:
+                guard.report(name, "cardinality_overflow", f"more than {guard.cardinality_limit} label sets")
+                folded = tuple(
+                    v if k in self._closed else OVERFLOW for k, v in zip(self._keys, sanitised, strict=True)
+                )
+                self._seen.add(folded)  # at most one extra set per closed-label combination
+                return dict(zip(self._keys, folded, strict=True))
+            self._seen.add(sanitised)
+        attrs = dict(zip(self._keys, sanitised, strict=True))
+        if self._on_new is not None:
+            self._on_new(attrs)
+        try:
+            if len(self._cache) < 2 * guard.cardinality_limit:
+                self._cache[values] = attrs
+        except TypeError:  # unhashable raw value: fine, just not cached
+            pass
+        return attrs

