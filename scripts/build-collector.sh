@@ -9,6 +9,11 @@ cache_root="${PAID_TELEMETRY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/paid-telemet
 jaeger_version="${JAEGER_VERSION:-v1.76.0}"
 command -v go >/dev/null || { echo "go is required (Go >= 1.24): install it from your distribution" >&2; exit 1; }
 
+# One build at a time (tests and the stack may call this concurrently).
+mkdir -p "$cache_root"
+exec 9>"$cache_root/build.lock"
+flock 9
+
 release="$(sed -n 's/^  version: *//p' "$manifest" | head -1)"
 key="$( (cat "$manifest"; go env GOVERSION) | sha256sum | cut -c1-16)"
 col_dir="$cache_root/otelcol/$key"

@@ -60,6 +60,10 @@ class PriceBook:
         self._rates: dict[tuple[str, str], tuple[float, _Rates | None]] = {}
         self._lock = threading.Lock()
 
+    def warm_up(self) -> None:
+        """Load genai-prices' data once, so the first priced call does not pay for it."""
+        self._resolve("openai", "gpt-4o")
+
     def rates(self, provider: str, model: str) -> _Rates | None:
         key = (provider, model)
         hit = self._rates.get(key)

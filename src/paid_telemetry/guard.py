@@ -33,6 +33,7 @@ class Guard:
         self.max_label_length = max_label_length
         self.cardinality_limit = cardinality_limit
         self._warned: set[tuple[str, str]] = set()
+        self.reports = 0  # total reports; lets callers see whether a step reported anything
         self._attrs: dict[tuple[str, str], dict[str, str]] = {}
         self._add: Callable[[int, Mapping[str, str]], None] = lambda n, a: None
 
@@ -42,6 +43,7 @@ class Guard:
 
     def report(self, instrument: str, reason: str, detail: str, *, may_raise: bool = True) -> None:
         """Count one rejected input; warn the first time; raise in strict mode."""
+        self.reports += 1
         key = (instrument, reason)
         attrs = self._attrs.get(key)
         if attrs is None:
@@ -154,6 +156,7 @@ class LabelSets:
 
     def _admit(self, values: tuple[Any, ...]) -> dict[str, str]:
         guard, name = self._guard, self._name
+        reports_before = guard.reports
         clean: list[str] = []
         for key, raw in zip(self._keys, values, strict=True):
             allowed = self._closed.get(key)
@@ -177,6 +180,8 @@ class LabelSets:
         attrs = dict(zip(self._keys, sanitised, strict=True))
         if self._on_new is not None:
             self._on_new(attrs)
+        if guard.reports != reports_before:
+            return attrs  # sanitised input is not cached, so every occurrence is counted
         try:
             if len(self._cache) < 2 * guard.cardinality_limit:
                 self._cache[values] = attrs

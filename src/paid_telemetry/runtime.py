@@ -69,6 +69,9 @@ class Telemetry:
             meter, self.tracer = self._build_providers(metric_readers, span_processors, log_processors)
         self.meter = meter
         self._create_instruments(meter)
+        if not noop:
+            # genai-prices loads its price table on first use (~150 ms): do it off the hot path.
+            threading.Thread(target=self.prices.warm_up, name="paid-telemetry-prices", daemon=True).start()
 
     # -- providers ---------------------------------------------------------------------
     def _build_providers(
@@ -94,7 +97,7 @@ class Telemetry:
             attrs["service.version"] = s.service_version
         resource = Resource.create(attrs)
         readers = list(metric_readers) + self._metric_readers()
-        mp = MeterProvider(metric_readers=readers, resource=resource, views=_views(), shutdown_on_exit=False)
+        mp = MeterProvider(metric_readers=readers, resource=resource, views=_views(s.cardinality_limit), shutdown_on_exit=False)
         tp = TracerProvider(resource=resource, shutdown_on_exit=False)
         for proc in list(span_processors) + self._span_processors(mp):
             tp.add_span_processor(proc)
@@ -212,13 +215,11 @@ class Telemetry:
         return lp
 
     def _start_prometheus(self) -> Any:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import CollectorRegistry, start_http_server
+        from paid_telemetry.exposition import EmbeddedPrometheusReader, serve
 
         s = self.settings
-        registry = CollectorRegistry(auto_describe=True)
-        reader = PrometheusMetricReader(registry=registry)
-        server, _thread = start_http_server(s.prometheus_port, addr=s.prometheus_host, registry=registry)
+        reader = EmbeddedPrometheusReader()
+        server = serve(reader, s.prometheus_host, s.prometheus_port)
         self._http_server = server
         host, port = server.server_address[:2]
         self.prometheus_url = f"http://{host}:{port}/metrics"
@@ -425,14 +426,48 @@ def _install_sigterm() -> None:
     _sigterm_installed = True
 
 
-def _views() -> list[Any]:
+def _views(cardinality_limit: int) -> list[Any]:
+    """Bucket boundaries from the catalogue; the SDK's own series cap set just above ours,
+    so our guard (which folds and counts) acts first and the SDK's never silently does."""
     from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
+    limit = cardinality_limit + 64  # + the overflow sets, one per closed-label combination
     return [
-        View(instrument_name=i.name, aggregation=ExplicitBucketHistogramAggregation(boundaries=i.buckets))
+        View(
+            instrument_name=i.name,
+            aggregation=ExplicitBucketHistogramAggregation(boundaries=i.buckets) if i.buckets else None,
+            aggregation_cardinality_limit=limit,
+            exemplar_reservoir_factory=_sticky_reservoir_factory if i.buckets else None,
+        )
         for i in cat.CATALOGUE
-        if i.buckets
     ]
+
+
+def _sticky_reservoir_factory(aggregation_type: type) -> Any:
+    """Histogram exemplars that survive collection, as Prometheus clients keep them.
+
+    The SDK's reservoir forgets exemplars at every collection, so with cumulative
+    temporality the collector (which keeps only the latest point) drops them one export
+    later and Prometheus rarely scrapes them. Keeping the last exemplar per bucket until a
+    newer one replaces it makes every histogram exemplar reach Prometheus.
+    """
+    from opentelemetry.sdk.metrics._internal.exemplar import AlignedHistogramBucketExemplarReservoir
+
+    class StickyBucketReservoir(AlignedHistogramBucketExemplarReservoir):
+        def __init__(self, boundaries: Any, **kwargs: Any) -> None:
+            super().__init__(boundaries, **kwargs)
+            self._last: dict[int, Any] = {}
+
+        def collect(self, point_attributes: Any) -> list[Any]:
+            with self._lock:
+                for index, bucket in list(self._reservoir_storage.items()):
+                    exemplar = bucket.collect(point_attributes)
+                    if exemplar is not None:
+                        self._last[index] = exemplar
+                self._reset()
+                return [self._last[i] for i in sorted(self._last)]
+
+    return StickyBucketReservoir
 
 
 def _http_path(endpoint: str, signal_name: str) -> str:

@@ -1,0 +1,77 @@
+"""``paid-telemetry``: demo, local stack, generated docs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from paid_telemetry.services import REPO
+
+
+def _stack_dir() -> Path:
+    return Path(os.environ.get("PAID_TELEMETRY_STACK_DIR", REPO / ".stack"))
+
+
+def _cmd_stack(args: argparse.Namespace) -> int:
+    from paid_telemetry import stack
+
+    workdir = _stack_dir()
+    if args.action == "up":
+        if stack.saved_status(workdir):
+            print(f"a stack is already recorded in {workdir}; run `paid-telemetry stack down` first", file=sys.stderr)
+            return 1
+        s = stack.Stack(workdir, node_exporter=True, scrape_interval="5s", evaluation_interval="5s",
+                        metric_export_interval_ms=5000).up()
+        s.save()
+        for svc in s.services.values():
+            svc.proc = None  # keep them running after this process exits
+        print(json.dumps({
+            "prometheus": s.prometheus_url, "jaeger": s.jaeger_url, "alertmanager": s.alertmanager_url,
+            "otlp": s.otlp_endpoint, "temporal": s.temporal_address, "collector_metrics": s.collector_metrics_url,
+        }, indent=2))
+        print(f"export OTEL_EXPORTER_OTLP_ENDPOINT={s.otlp_endpoint}", file=sys.stderr)
+        return 0
+    if args.action == "down":
+        stopped = stack.stop_saved(workdir)
+        print("stopped: " + (", ".join(stopped) or "nothing"))
+        return 0
+    state = stack.saved_status(workdir)
+    print(json.dumps(state, indent=2) if state else "no stack running")
+    return 0
+
+
+def _cmd_docs(args: argparse.Namespace) -> int:
+    from paid_telemetry.catalogue import render_markdown
+
+    sys.stdout.write(render_markdown())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from paid_telemetry.demo import main as demo_main
+
+    return demo_main(runs=args.runs, serve_seconds=args.serve)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="paid-telemetry", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run a demo workload and show what an operator sees")
+    demo.add_argument("--runs", type=int, default=60)
+    demo.add_argument("--serve", type=float, default=0.0, help="keep /metrics up this many seconds")
+    demo.set_defaults(func=_cmd_demo)
+    st = sub.add_parser("stack", help="the local stack: collector, Jaeger, Prometheus, Alertmanager, Temporal")
+    st.add_argument("action", choices=["up", "down", "status"])
+    st.set_defaults(func=_cmd_stack)
+    docs = sub.add_parser("docs", help="print generated docs")
+    docs.add_argument("what", choices=["metrics"])
+    docs.set_defaults(func=_cmd_docs)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

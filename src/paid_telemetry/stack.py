@@ -1,0 +1,298 @@
+"""The local stack: collector, Jaeger, Prometheus, Alertmanager and the Temporal dev server
+on loopback, started from the repository's own configs.
+
+Prometheus gets a config *generated* from ``prometheus/prometheus.yml`` (targets rewritten
+to loopback ports, jobs without a local process dropped), so there is one truth for
+docker-compose and for this stack. ``paid-telemetry stack up`` keeps it running in the
+background (state in ``.stack/state.json``); tests use :class:`Stack` as a context manager.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from paid_telemetry.services import (
+    REPO,
+    Service,
+    built_binary,
+    find_binary,
+    free_port,
+    http_ok,
+    temporal_server,
+)
+
+# compose hostname:port in prometheus/prometheus.yml -> name of the local port that replaces it
+_TARGETS = {
+    "otel-collector:8889": "collector_prometheus",
+    "otel-collector:8888": "collector_self",
+    "temporal:9090": "temporal_metrics",
+    "localhost:9090": "prometheus",
+    "alertmanager:9093": "alertmanager",
+    "jaeger:8888": "jaeger_metrics",
+    "node-exporter:9100": "node_exporter",
+}
+
+
+def prometheus_config(ports: dict[str, int], rules_dir: Path, *, scrape_interval: str | None = None,
+                      evaluation_interval: str | None = None) -> dict[str, Any]:
+    """prometheus/prometheus.yml with targets on loopback; jobs without a local target are dropped."""
+    cfg: dict[str, Any] = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
+    if scrape_interval:
+        cfg["global"]["scrape_interval"] = scrape_interval
+    if evaluation_interval:
+        cfg["global"]["evaluation_interval"] = evaluation_interval
+    cfg["rule_files"] = [str(rules_dir / "*.yml")]
+
+    def local(target: str) -> str | None:
+        key = _TARGETS.get(target)
+        return f"127.0.0.1:{ports[key]}" if key and key in ports else None
+
+    for am in cfg.get("alerting", {}).get("alertmanagers", []):
+        for sc in am.get("static_configs", []):
+            sc["targets"] = [t for t in (local(x) for x in sc["targets"]) if t]
+    jobs = []
+    for job in cfg["scrape_configs"]:
+        targets = [t for sc in job.get("static_configs", []) for t in (local(x) for x in sc["targets"]) if t]
+        if targets:
+            job["static_configs"] = [{"targets": targets}]
+            jobs.append(job)
+    cfg["scrape_configs"] = jobs
+    return cfg
+
+
+@dataclass
+class Stack:
+    """The whole local pipeline. ``with Stack(workdir) as s:`` starts and stops it."""
+
+    workdir: Path
+    temporal: bool = True
+    jaeger: bool = True
+    alertmanager: bool = True
+    node_exporter: bool = False
+    scrape_interval: str = "2s"
+    evaluation_interval: str = "2s"
+    metric_export_interval_ms: int = 1000
+    ports: dict[str, int] = field(default_factory=dict)
+    services: dict[str, Service] = field(default_factory=dict)
+
+    # -- addresses ---------------------------------------------------------------------
+    @property
+    def otlp_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports['otlp_grpc']}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['prometheus']}"
+
+    @property
+    def jaeger_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['jaeger_ui']}"
+
+    @property
+    def alertmanager_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['alertmanager']}"
+
+    @property
+    def collector_metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['collector_prometheus']}/metrics"
+
+    @property
+    def temporal_address(self) -> str:
+        return f"127.0.0.1:{self.ports['temporal_grpc']}"
+
+    @property
+    def collector_logs_file(self) -> Path:
+        return self.workdir / "collector" / "logs.jsonl"
+
+    def sdk_env(self) -> dict[str, str]:
+        """Environment for an SDK process that should push into this stack."""
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.otlp_endpoint,
+            "OTEL_METRIC_EXPORT_INTERVAL": str(self.metric_export_interval_ms),
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def up(self) -> Stack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.jaeger:
+                self._start_jaeger()
+            self._start_collector()
+            if self.temporal:
+                self._start_temporal()
+            if self.alertmanager:
+                self._start_alertmanager()
+            if self.node_exporter:
+                self._start_node_exporter()
+            self._start_prometheus()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def down(self) -> None:
+        for svc in reversed(list(self.services.values())):
+            svc.stop()
+
+    def __enter__(self) -> Stack:
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def status(self) -> dict[str, bool]:
+        return {name: svc.running() for name, svc in self.services.items()}
+
+    # -- services ----------------------------------------------------------------------
+    def _port(self, name: str) -> int:
+        if name not in self.ports:
+            self.ports[name] = free_port()
+        return self.ports[name]
+
+    def collector_service(self) -> Service:
+        """The collector as a Service (not started): tests kill and restart it."""
+        wd = self.workdir / "collector"
+        env = {
+            "OTLP_GRPC_ENDPOINT": f"127.0.0.1:{self._port('otlp_grpc')}",
+            "OTLP_HTTP_ENDPOINT": f"127.0.0.1:{self._port('otlp_http')}",
+            "PROMETHEUS_EXPORTER_ENDPOINT": f"127.0.0.1:{self._port('collector_prometheus')}",
+            "HEALTH_CHECK_ENDPOINT": f"127.0.0.1:{self._port('collector_health')}",
+            "COLLECTOR_METRICS_HOST": "127.0.0.1",
+            "COLLECTOR_METRICS_PORT": str(self._port("collector_self")),
+            "JAEGER_OTLP_ENDPOINT": f"127.0.0.1:{self._port('jaeger_otlp')}",
+            "COLLECTOR_LOGS_FILE": str(self.collector_logs_file),
+        }
+        argv = [built_binary("otelcol-paid"), "--config", str(REPO / "otel-collector" / "config.yaml")]
+        health = f"http://127.0.0.1:{self.ports['collector_health']}/"
+        return Service("collector", argv, wd, ready=lambda: http_ok(health), env=env)
+
+    def _start_collector(self) -> None:
+        self.services["collector"] = self.collector_service().start()
+
+    def _start_jaeger(self) -> None:
+        wd = self.workdir / "jaeger"
+        env = {
+            "JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{self._port('jaeger_otlp')}",
+            "JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{self._port('jaeger_otlp_http')}",
+            "JAEGER_QUERY_HTTP_ENDPOINT": f"127.0.0.1:{self._port('jaeger_ui')}",
+            "JAEGER_QUERY_GRPC_ENDPOINT": f"127.0.0.1:{self._port('jaeger_query_grpc')}",
+            "JAEGER_HEALTH_ENDPOINT": f"127.0.0.1:{self._port('jaeger_health')}",
+            "JAEGER_METRICS_PORT": str(self._port("jaeger_metrics")),
+        }
+        argv = [built_binary("jaeger"), "--config", str(REPO / "jaeger" / "config.yaml")]
+        ui = f"http://127.0.0.1:{self.ports['jaeger_ui']}/api/services"
+        self.services["jaeger"] = Service("jaeger", argv, wd, ready=lambda: http_ok(ui), env=env).start()
+
+    def _start_temporal(self) -> None:
+        svc = temporal_server(self.workdir / "temporal")
+        self.ports["temporal_grpc"] = svc.ports["grpc"]
+        self.ports["temporal_metrics"] = svc.ports["metrics"]
+        self.services["temporal"] = svc.start()
+
+    def _start_alertmanager(self) -> None:
+        wd = self.workdir / "alertmanager"
+        port = self._port("alertmanager")
+        argv = [
+            find_binary("prometheus-alertmanager"),
+            f"--config.file={REPO / 'alertmanager' / 'alertmanager.yml'}",
+            f"--storage.path={wd / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ]
+        ready = f"http://127.0.0.1:{port}/-/ready"
+        self.services["alertmanager"] = Service("alertmanager", argv, wd, ready=lambda: http_ok(ready)).start()
+
+    def _start_node_exporter(self) -> None:
+        port = self._port("node_exporter")
+        argv = [find_binary("prometheus-node-exporter"), f"--web.listen-address=127.0.0.1:{port}"]
+        url = f"http://127.0.0.1:{port}/metrics"
+        self.services["node_exporter"] = Service(
+            "node_exporter", argv, self.workdir / "node_exporter", ready=lambda: http_ok(url)
+        ).start()
+
+    def prometheus_service(self) -> Service:
+        wd = self.workdir / "prometheus"
+        wd.mkdir(parents=True, exist_ok=True)
+        port = self._port("prometheus")
+        cfg = prometheus_config(self.ports, REPO / "prometheus" / "rules",
+                                scrape_interval=self.scrape_interval, evaluation_interval=self.evaluation_interval)
+        (wd / "prometheus.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        argv = [
+            find_binary("prometheus"),
+            f"--config.file={wd / 'prometheus.yml'}",
+            f"--storage.tsdb.path={wd / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--enable-feature=exemplar-storage",
+            "--web.enable-lifecycle",
+            "--storage.tsdb.retention.time=15d",
+        ]
+        ready = f"http://127.0.0.1:{port}/-/ready"
+        return Service("prometheus", argv, wd, ready=lambda: http_ok(ready))
+
+    def _start_prometheus(self) -> None:
+        self.services["prometheus"] = self.prometheus_service().start()
+
+    # -- persistence for the CLI -------------------------------------------------------
+    def save(self) -> None:
+        state = {
+            "workdir": str(self.workdir),
+            "ports": self.ports,
+            "pids": {n: s.proc.pid for n, s in self.services.items() if s.proc is not None},
+        }
+        (self.workdir / "state.json").write_text(json.dumps(state, indent=2))
+
+
+def state_file(workdir: Path) -> Path:
+    return workdir / "state.json"
+
+
+def stop_saved(workdir: Path) -> list[str]:
+    """Stop a stack started by ``paid-telemetry stack up``."""
+    path = state_file(workdir)
+    if not path.exists():
+        return []
+    state = json.loads(path.read_text())
+    stopped = []
+    for name, pid in reversed(list(state["pids"].items())):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            stopped.append(name)
+        except ProcessLookupError:
+            continue
+        for _ in range(100):
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    path.unlink()
+    return stopped
+
+
+def saved_status(workdir: Path) -> dict[str, Any]:
+    path = state_file(workdir)
+    if not path.exists():
+        return {}
+    state: dict[str, Any] = json.loads(path.read_text())
+    alive = {}
+    for name, pid in state["pids"].items():
+        try:
+            os.killpg(pid, 0)
+            alive[name] = True
+        except ProcessLookupError:
+            alive[name] = False
+    state["alive"] = alive
+    return state

@@ -1,0 +1,80 @@
+"""Shared fixtures: an in-memory paid-telemetry set-up for unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import paid_telemetry as pt
+
+
+@dataclass
+class Recorded:
+    """What the SDK recorded, read through OTel's in-memory reader and exporter."""
+
+    handle: pt.Telemetry
+    reader: InMemoryMetricReader
+    exporter: InMemorySpanExporter
+
+    def points(self, name: str) -> dict[tuple[tuple[str, Any], ...], Any]:
+        """Data points of one instrument keyed by sorted attributes: value (sum) or the histogram point."""
+        data = self.reader.get_metrics_data()
+        out: dict[tuple[tuple[str, Any], ...], Any] = {}
+        if data is None:
+            return out
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    if metric.name != name:
+                        continue
+                    for p in metric.data.data_points:
+                        key = tuple(sorted(p.attributes.items()))
+                        out[key] = p if isinstance(p, HistogramDataPoint) else p.value
+        return out
+
+    def value(self, name: str, **labels: Any) -> Any:
+        return self.points(name).get(tuple(sorted(labels.items())))
+
+    def spans(self) -> tuple[ReadableSpan, ...]:
+        return self.exporter.get_finished_spans()
+
+
+def make_recorded(**settings: Any) -> Recorded:
+    reader = InMemoryMetricReader()
+    exporter = InMemorySpanExporter()
+    settings.setdefault("exporter", "none")
+    settings.setdefault("handle_sigterm", False)
+    handle = pt.configure(metric_readers=[reader], span_processors=[SimpleSpanProcessor(exporter)], **settings)
+    return Recorded(handle, reader, exporter)
+
+
+@pytest.fixture
+def recorded() -> Iterator[Recorded]:
+    rec = make_recorded()
+    yield rec
+    pt.shutdown()
+
+
+@pytest.fixture
+def strict_recorded() -> Iterator[Recorded]:
+    rec = make_recorded(strict=True)
+    yield rec
+    pt.shutdown()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The real local stack (collector, Jaeger, Prometheus, Temporal) for the whole session."""
+    from paid_telemetry.stack import Stack
+
+    s = Stack(tmp_path_factory.mktemp("stack"), alertmanager=False)
+    s.up()
+    yield s
+    s.down()
