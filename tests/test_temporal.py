@@ -15,6 +15,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -314,7 +315,7 @@ async def test_one_trace_from_client_to_agent_run_and_no_duplicates(tel: Capture
     assert tel.series("paid_workflow_started") == {("TracedWorkflow",): 1}
     assert tel.series("paid_workflow_completed") == {("completed", "TracedWorkflow"): 1}
     assert tel.series("paid_activity_executions") == {("agent_activity", "completed"): 1}
-    assert tel.series("paid_agent_runs") == {("proj-1", "coder", "completed"): 1}
+    assert tel.series("paid_agent_runs") == {("coder", "proj-1", "completed"): 1}  # sorted label keys
     # IDs stay on spans, never in metric labels.
     assert by_name["RunWorkflow:TracedWorkflow"].attributes["temporalWorkflowID"].startswith("traced-")
     for series in tel.temporal_metrics().values():
@@ -344,10 +345,11 @@ async def test_sdk_metrics_prometheus_mode(tel: Captured, server: Service) -> No
     for name in SDK_METRICS:
         assert name in families, f"{name} missing from {sorted(families)}"
     assert prom_value(text, "temporal_workflow_completed", task_queue=tq, workflow_type="HelloWorkflow") == 2
-    # Durations are in seconds: the greet activity's latency sum is well under 10 (it would be ms otherwise
-    # only if it happened to be < 10 ms, so also check the bucket bounds are fractional seconds).
+    # Durations in seconds (durations_as_seconds=True): Core's second-based buckets, not milliseconds.
     assert prom_value(text, "temporal_activity_execution_latency_count", activity_type="greet") == 2
-    assert 'le="0.01"' in text or 'le="0.005"' in text
+    bounds = re.findall(r'temporal_activity_execution_latency_bucket\{activity_type="greet",[^}]*le="([^"]+)"', text)
+    assert bounds == ["0.05", "0.1", "0.5", "1", "5", "10", "60", "+Inf"]
+    assert prom_value(text, "temporal_activity_execution_latency_sum", activity_type="greet") < 10
 
 
 class _OtlpSink(metrics_service_pb2_grpc.MetricsServiceServicer):
@@ -371,10 +373,9 @@ async def test_sdk_metrics_otlp_mode(tel: Captured, server: Service) -> None:
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     grpc_server.start()
     try:
-        from datetime import timedelta
-
-        rt = temporal_runtime("otlp", otlp_endpoint=f"http://127.0.0.1:{port}", metric_periodicity=timedelta(
-            milliseconds=300))
+        rt = temporal_runtime(
+            "otlp", otlp_endpoint=f"http://127.0.0.1:{port}", metric_periodicity=timedelta(milliseconds=300)
+        )
         client = await Client.connect(address(server), interceptors=[TelemetryInterceptor()], runtime=rt)
         tq = queue()
         async with worker(client, tq):

@@ -25,6 +25,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _CURRENT_RUN: ContextVar[AgentRun | None] = ContextVar("paid_agent_run", default=None)
 
+RUN_END_HOOKS: list[Callable[[AgentRun, float, str], None]] = []
+"""Called as ``hook(run, duration_seconds, status)`` when a run ends, while its span is still current.
+
+``paid_telemetry.logs.configure_logging()`` registers the "Agent run completed" line here.
+"""
+
 
 def current_run() -> AgentRun | None:
     """The agent run active in this context (thread / task), if any."""
@@ -143,6 +149,11 @@ class AgentRun:
             iterations = t.guard.amount(AGENT_ITERATIONS.name, self.iterations)
             if iterations is not None:
                 t.agent_iterations.record(iterations, labels)
+            for hook in RUN_END_HOOKS:
+                try:
+                    hook(self, duration, status)
+                except Exception as err:
+                    t.guard.internal_error("agent_run end hook", err)
             span = self._span
             if span is not None:
                 self._finish_span(span, status, exc)

@@ -41,7 +41,9 @@ class Settings:
     default_budget_cents: float = DEFAULT_BUDGET_CENTS
     budgets_cents: Mapping[str, float] = field(default_factory=dict)
     handle_sigterm: bool = True
-    logs: bool = True
+    logs: bool = True  # export log records over OTLP when logging is configured
+    log_format: Literal["json", "console", "off"] = "off"  # "off": leave the application's logging alone
+    log_level: str = "info"
 
 
 def _parse_kv(raw: str) -> dict[str, str]:
@@ -95,6 +97,8 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "PAID_TELEMETRY_DEFAULT_BUDGET_CENTS": ("default_budget_cents", float),
         "PAID_TELEMETRY_HANDLE_SIGTERM": ("handle_sigterm", _bool),
         "PAID_TELEMETRY_LOGS": ("logs", _bool),
+        "PAID_TELEMETRY_LOG_FORMAT": ("log_format", str),
+        "PAID_TELEMETRY_LOG_LEVEL": ("log_level", str),
     }
     for var, (key, conv) in simple.items():
         if e.get(var):
@@ -116,4 +120,6 @@ def resolve(env: Mapping[str, str] | None = None, **kwargs: Any) -> Settings:
         raise ValueError(f"exporter must be one of {EXPORTERS}, not {merged['exporter']!r}")
     if merged.get("otlp_protocol", "grpc") not in ("grpc", "http/protobuf"):
         raise ValueError("otlp_protocol must be 'grpc' or 'http/protobuf'")
+    if merged.get("log_format", "off") not in ("json", "console", "off"):
+        raise ValueError("log_format must be 'json', 'console' or 'off'")
     return Settings(**merged)

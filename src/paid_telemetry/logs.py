@@ -11,6 +11,7 @@ line goes through the OpenTelemetry log pipeline (a batch processor's queue in `
 
 from __future__ import annotations
 
+import contextlib
 import json as _json
 import logging
 import math
@@ -312,6 +313,45 @@ def shared_processors() -> list[Processor]:
     ]
 
 
+class _Out:
+    """The output stream; a closed or broken stream loses the line instead of raising.
+
+    ``None`` means ``sys.stdout`` looked up at write time (so redirections made later apply).
+    """
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return (self.stream or sys.stdout).write(text)
+        except Exception:
+            return 0
+
+    def flush(self) -> None:
+        with contextlib.suppress(Exception):
+            (self.stream or sys.stdout).flush()
+
+    def isatty(self) -> bool:
+        try:
+            return bool((self.stream or sys.stdout).isatty())
+        except Exception:
+            return False
+
+
+class _SafeConsole:
+    """structlog's ConsoleRenderer, falling back to JSON if a value cannot be rendered."""
+
+    def __init__(self, colors: bool) -> None:
+        self._console = structlog.dev.ConsoleRenderer(colors=colors, event_key="message")
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str:
+        try:
+            return self._console(logger, method_name, dict(event_dict))
+        except Exception:
+            return render_json(logger, method_name, event_dict)
+
+
 class _ReplayFilter(logging.Filter):
     """Drop standard-library records written by workflow code while it replays."""
 
@@ -354,9 +394,10 @@ def configure_logging(
     each line over OTLP when the active ``configure()`` handle has a logger provider, ``True``
     also falls back to the global OTel logger provider, ``False`` never exports. ``stdlib``
     routes standard-library ``logging`` records (third-party libraries) through the same
-    processors. Safe to call again: the previous set-up is replaced.
+    processors. Safe to call again: the previous set-up is replaced. ``stream`` defaults to
+    ``sys.stdout`` as it is at write time; a closed stream drops lines, it never raises.
     """
-    out = stream if stream is not None else sys.stdout
+    out = _Out(stream)
     min_level = _level_number(level)
     pre = shared_processors()
     tail: list[Processor] = []
@@ -366,16 +407,11 @@ def configure_logging(
     if otel is not False:
         tail.append(OTelLogExport(use_global=otel is True))
     renderer: Processor
-    if json:
-        renderer = render_json
-    else:
-        renderer = structlog.dev.ConsoleRenderer(
-            colors=bool(getattr(out, "isatty", lambda: False)()), event_key="message",
-        )
+    renderer = render_json if json else _SafeConsole(colors=out.isatty())
     structlog.configure(
         processors=[*pre, structlog.processors.StackInfoRenderer(), *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(min_level),
-        logger_factory=structlog.WriteLoggerFactory(file=out),
+        logger_factory=structlog.WriteLoggerFactory(file=out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     if stdlib:
@@ -384,7 +420,7 @@ def configure_logging(
 
 
 def _configure_stdlib(
-    out: TextIO, min_level: int, pre: list[Processor], tail: list[Processor], renderer: Processor
+    out: _Out, min_level: int, pre: list[Processor], tail: list[Processor], renderer: Processor
 ) -> None:
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*pre, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],

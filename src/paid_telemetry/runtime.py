@@ -50,6 +50,7 @@ class Telemetry:
         self.noop = noop
         self.owns_providers = False
         self.prometheus_url: str | None = None
+        self.prometheus_reader: Any = None
         self._http_server: Any = None
         self._shutdown_done = False
         self.meter_provider: Any = None
@@ -218,7 +219,7 @@ class Telemetry:
         from paid_telemetry.exposition import EmbeddedPrometheusReader, serve
 
         s = self.settings
-        reader = EmbeddedPrometheusReader()
+        reader = self.prometheus_reader = EmbeddedPrometheusReader()
         server = serve(reader, s.prometheus_host, s.prometheus_port)
         self._http_server = server
         host, port = server.server_address[:2]
@@ -389,6 +390,10 @@ def configure(
         _current = telemetry
     if resolved.handle_sigterm:
         _install_sigterm()
+    if resolved.log_format != "off":
+        from paid_telemetry.logs import configure_logging  # lazy: logs imports runtime
+
+        configure_logging(json=resolved.log_format == "json", level=resolved.log_level)
     return telemetry
 
 
