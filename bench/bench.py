@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 import paid_telemetry as pt
@@ -164,7 +163,8 @@ def main(argv: list[str]) -> None:
         r = bench_record()
         print("\n## One agent-run record (span + runs counter + 2 histograms + 2 token counters + cost)")
         print(f"raw OTel SDK calls         : {r['raw_otel_us']:7.1f} us")
-        print(f"paid_telemetry.agent_run   : {r['paid_telemetry_us']:7.1f} us  ratio {r['ratio']:.2f}x (target <= 1.3x)")
+        print(f"paid_telemetry.agent_run   : {r['paid_telemetry_us']:7.1f} us  "
+              f"ratio {r['ratio']:.2f}x (target <= 1.3x)")
         print(f"  with genai-prices pricing: {r['paid_telemetry_priced_us']:7.1f} us  ratio {r['ratio_priced']:.2f}x")
     if "endpoint" in sections:
         print("\n## Embedded /metrics endpoint (target < 50 ms at 10k series)")

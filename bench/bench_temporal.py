@@ -42,7 +42,8 @@ class _Discard(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-async def _round(address: str, telemetry: bool, n: int, concurrency: int) -> float:
+async def _round(address: str, telemetry: bool, n: int, concurrency: int) -> tuple[float, float]:
+    """(workflows per second, this process's CPU milliseconds per workflow: client + worker)."""
     interceptors = [TelemetryInterceptor()] if telemetry else []
     client = await Client.connect(address, interceptors=interceptors)
     tq = f"bench-{uuid.uuid4().hex[:8]}"
@@ -58,10 +59,10 @@ async def _round(address: str, telemetry: bool, n: int, concurrency: int) -> flo
     )
     async with worker:
         await one(-1)  # warm-up: sandbox import of the workflow module, first poll
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(one(i) for i in range(n)))
-        elapsed = time.perf_counter() - start
-    return n / elapsed
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return n / elapsed, cpu * 1000 / n
 
 
 async def main(workflows: int, rounds: int, concurrency: int) -> dict[str, float]:
@@ -77,13 +78,15 @@ async def main(workflows: int, rounds: int, concurrency: int) -> dict[str, float
             address = f"127.0.0.1:{srv.ports['grpc']}"
             plain: list[float] = []
             instrumented: list[float] = []
+            cpu: dict[bool, list[float]] = {False: [], True: []}
             for r in range(rounds):
                 order = (False, True) if r % 2 == 0 else (True, False)
                 for telemetry in order:
-                    rate = await _round(address, telemetry, workflows, concurrency)
+                    rate, cpu_ms = await _round(address, telemetry, workflows, concurrency)
                     (instrumented if telemetry else plain).append(rate)
-                    print(f"round {r + 1} {'telemetry' if telemetry else 'plain    '}: {rate:7.1f} workflows/s",
-                          flush=True)
+                    cpu[telemetry].append(cpu_ms)
+                    print(f"round {r + 1} {'telemetry' if telemetry else 'plain    '}: {rate:7.1f} workflows/s, "
+                          f"{cpu_ms:5.2f} ms CPU/workflow (client+worker)", flush=True)
         finally:
             srv.stop()
     data = reader.get_metrics_data()
@@ -99,10 +102,14 @@ async def main(workflows: int, rounds: int, concurrency: int) -> dict[str, float
         "telemetry_median": statistics.median(instrumented),
         "ratio": statistics.median(instrumented) / statistics.median(plain),
         "recorded_completions": completed,
+        "plain_cpu_ms": statistics.median(cpu[False]),
+        "telemetry_cpu_ms": statistics.median(cpu[True]),
     }
     print(f"plain     median {result['plain_median']:.1f} wf/s  (runs: {', '.join(f'{x:.1f}' for x in plain)})")
     print(f"telemetry median {result['telemetry_median']:.1f} wf/s  "
           f"(runs: {', '.join(f'{x:.1f}' for x in instrumented)})")
+    print(f"CPU per workflow (client+worker process, median): plain {result['plain_cpu_ms']:.2f} ms, "
+          f"telemetry {result['telemetry_cpu_ms']:.2f} ms")
     print(f"ratio {result['ratio']:.3f} (target >= 0.95); paid_workflow_completed recorded: {completed:.0f} "
           f"(expected {rounds * (workflows + 1)})")
     return result

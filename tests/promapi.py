@@ -24,7 +24,9 @@ def query(prom: str, expr: str) -> list[dict[str, Any]]:
     return list(body["data"]["result"])
 
 
-def series(prom: str, expr: str, drop: tuple[str, ...] = ("job", "instance")) -> dict[tuple[tuple[str, str], ...], float]:
+def series(
+    prom: str, expr: str, drop: tuple[str, ...] = ("job", "instance")
+) -> dict[tuple[tuple[str, str], ...], float]:
     """{sorted labels without __name__ and ``drop``: value} for an instant query."""
     out = {}
     for r in query(prom, expr):

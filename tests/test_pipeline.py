@@ -3,6 +3,7 @@ traces -> Jaeger. The stack is started by the test session on free loopback port
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -35,7 +36,7 @@ def otlp_sdk(stack: Stack) -> Iterator[InMemorySpanExporter]:
     pt.configure(
         exporter="otlp", otlp_endpoint=stack.otlp_endpoint, metric_export_interval_ms=1000,
         service_name="paid-e2e", service_version="1.2.3", environment="ci",
-        span_processors=[SimpleSpanProcessor(spans)], handle_sigterm=False,
+        span_processors=[SimpleSpanProcessor(spans)], handle_sigterm=False, log_format="json",
     )
     yield spans
     pt.shutdown()
@@ -84,7 +85,9 @@ def test_every_catalogue_metric_reaches_prometheus_exactly(stack: Stack, otlp_sd
     assert labels["instance"]  # service.instance.id
 
 
-def test_histogram_exemplars_carry_the_recording_span_trace_id(stack: Stack, otlp_sdk: InMemorySpanExporter) -> None:
+def test_exemplars_traces_and_logs_share_the_trace_id(
+    stack: Stack, otlp_sdk: InMemorySpanExporter, capsys: pytest.CaptureFixture[str]
+) -> None:
     otlp_sdk.clear()
     with pt.agent_run(project_id="exemplar", agent_type="tracer") as run:
         run.iteration()
@@ -116,6 +119,25 @@ def test_histogram_exemplars_carry_the_recording_span_trace_id(stack: Stack, otl
     body = wait_for(trace, timeout=30, what="the trace in Jaeger")
     names = {s["operationName"] for s in body["data"][0]["spans"]}
     assert "invoke_agent tracer" in names
+
+    # the run's log lines: stdout JSON and the collector's log output carry the same id
+    stdout = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    [end_line] = [x for x in stdout if x["message"] == "Agent run completed" and x["project_id"] == "exemplar"]
+    assert end_line["trace_id"] == trace_id
+
+    def collector_log() -> list[dict[str, Any]] | None:
+        if not stack.collector_logs_file.exists():
+            return None
+        records = []
+        for line in stack.collector_logs_file.read_text().splitlines():
+            for rl in json.loads(line).get("resourceLogs", []):
+                for sl in rl.get("scopeLogs", []):
+                    records += [r for r in sl.get("logRecords", []) if r.get("traceId") == trace_id]
+        return records or None
+
+    records = wait_for(collector_log, timeout=30, what="the run's log record in the collector's log file")
+    assert {r["body"]["stringValue"] for r in records} == {"Agent run completed"}
+    assert {r["spanId"] for r in records} == {format(span.context.span_id, "016x")}
 
 
 def test_ingest_lag_and_scrape_time(stack: Stack, otlp_sdk: InMemorySpanExporter) -> None:

@@ -63,7 +63,10 @@ def argument_getter(func: Callable[..., Any], name: str) -> Callable[[tuple[Any,
         default = param.default if param.default is not inspect.Parameter.empty else None
         positional = param.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
-        def get(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        def get(
+            args: tuple[Any, ...], kwargs: dict[str, Any],
+            index: int = index, positional: bool = positional, default: Any = default,
+        ) -> Any:
             if name in kwargs:
                 return kwargs[name]
             if positional and index < len(args):

@@ -9,10 +9,10 @@ yields exactly the names of RDR-011.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     COUNTER = "counter"
     HISTOGRAM = "histogram"
     GAUGE = "gauge"  # observable gauge, read at collection time

@@ -25,7 +25,8 @@ DS: dict[str, str] = {"type": "prometheus", "uid": "${datasource}"}
 GRID_WIDTH = 24
 
 # -- external metric names (not from our catalogue) --------------------------------------
-# Temporal server: the task-queue backlog gauge (matching service). ONE place to rename it.
+# Temporal server: the task-queue backlog gauge (matching service; labels taskqueue, task_type).
+# ONE place to rename it.
 TEMPORAL_BACKLOG = "approximate_backlog_count"
 # Temporal SDK worker metrics (sdk-core Prometheus exporter, durations in seconds).
 TEMPORAL_SLOTS_AVAILABLE = "temporal_worker_task_slots_available"
@@ -474,8 +475,9 @@ def workflows() -> dict[str, Any]:
             per_min("paid_activity_retries_total", "activity_type"), "{{activity_type}}")], "opm", width=8),
         row("Temporal"),
         timeseries("Task-queue backlog", [target(
-            f"sum by (task_queue, task_type) ({TEMPORAL_BACKLOG}{{{tq}}})", "{{task_queue}} {{task_type}}")],
-            "short", description=f"Temporal server gauge {TEMPORAL_BACKLOG}: tasks waiting for a worker."),
+            f"sum by (taskqueue, task_type) ({TEMPORAL_BACKLOG})", "{{taskqueue}} {{task_type}}")],
+            "short", description=f"Temporal server gauge {TEMPORAL_BACKLOG}: tasks waiting for a worker. The server"
+            " labels it taskqueue (with - written _), so the task-queue filter does not apply."),
         timeseries("Worker task slots available", [target(
             f"sum by (task_queue, worker_type) ({TEMPORAL_SLOTS_AVAILABLE}{{{tq}}})",
             "{{task_queue}} {{worker_type}}")], "short",

@@ -30,6 +30,8 @@ class _Scope:
     """Shared context-manager/decorator plumbing; subclasses implement _begin/_end."""
 
     __slots__ = ("_span", "_start", "_t", "_token")
+    _span: Any
+    _token: Any
 
     def __enter__(self) -> Any:
         t = self._t = runtime.current()

@@ -136,17 +136,17 @@ def _render_metric(metric: Any, labels: _LabelCache, out: list[str]) -> None:
         out.append(f"# HELP {name} {help_text}\n# TYPE {name} histogram\n")
         bounds = None
         les: list[str] = []
-        for p in data.data_points:
-            lab = labels.render(p.attributes or {})
+        for hp in data.data_points:
+            lab = labels.render(hp.attributes or {})
             sep = "," if lab else ""
-            if p.explicit_bounds is not bounds:
-                bounds = p.explicit_bounds
+            if hp.explicit_bounds is not bounds:
+                bounds = hp.explicit_bounds
                 les = [_fmt(b) for b in bounds] + ["+Inf"]
             total = 0
-            for le, count in zip(les, p.bucket_counts, strict=False):
+            for le, count in zip(les, hp.bucket_counts, strict=False):
                 total += count
                 out.append(f'{name}_bucket{{{lab}{sep}le="{le}"}} {total}\n')
-            out.append(f"{name}_sum{{{lab}}} {_fmt(p.sum)}\n{name}_count{{{lab}}} {p.count}\n")
+            out.append(f"{name}_sum{{{lab}}} {_fmt(hp.sum)}\n{name}_count{{{lab}}} {hp.count}\n")
 
 
 class EmbeddedPrometheusReader(MetricReader):
@@ -203,7 +203,7 @@ class EmbeddedPrometheusReader(MetricReader):
 class _Handler(BaseHTTPRequestHandler):
     reader: EmbeddedPrometheusReader
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:
         if self.path.split("?")[0] not in ("/metrics", "/"):
             self.send_error(404)
             return
@@ -214,7 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence access logs
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

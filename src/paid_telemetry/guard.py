@@ -116,8 +116,8 @@ class Guard:
             return UNKNOWN
         if len(value) > self.max_label_length:
             self.report(instrument, "label_too_long", f"{len(value)} characters")
-            return value[: self.max_label_length]
-        return value
+            return str(value[: self.max_label_length])
+        return str(value)
 
 
 class LabelSets:

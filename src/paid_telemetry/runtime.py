@@ -98,7 +98,9 @@ class Telemetry:
             attrs["service.version"] = s.service_version
         resource = Resource.create(attrs)
         readers = list(metric_readers) + self._metric_readers()
-        mp = MeterProvider(metric_readers=readers, resource=resource, views=_views(s.cardinality_limit), shutdown_on_exit=False)
+        mp = MeterProvider(
+            metric_readers=readers, resource=resource, views=_views(s.cardinality_limit), shutdown_on_exit=False
+        )
         tp = TracerProvider(resource=resource, shutdown_on_exit=False)
         for proc in list(span_processors) + self._span_processors(mp):
             tp.add_span_processor(proc)
@@ -121,7 +123,7 @@ class Telemetry:
         from opentelemetry.sdk.metrics.export import AggregationTemporality, PeriodicExportingMetricReader
 
         s = self.settings
-        cumulative = {
+        cumulative: dict[type, AggregationTemporality] = {
             k: AggregationTemporality.CUMULATIVE for k in (Counter, Histogram, UpDownCounter, ObservableGauge)
         }
         if s.exporter == "prometheus":
@@ -223,7 +225,7 @@ class Telemetry:
         server = serve(reader, s.prometheus_host, s.prometheus_port)
         self._http_server = server
         host, port = server.server_address[:2]
-        self.prometheus_url = f"http://{host}:{port}/metrics"
+        self.prometheus_url = f"http://{host!s}:{port}/metrics"
         log.debug("paid-telemetry: metrics at %s", self.prometheus_url)
         return reader
 
