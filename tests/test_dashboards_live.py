@@ -16,9 +16,9 @@ import math
 import threading
 import time
 import uuid
-from datetime import timedelta
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 

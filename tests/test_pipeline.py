@@ -195,3 +195,23 @@ def test_collector_scrubs_sensitive_span_attributes(stack: Stack, otlp_sdk: InMe
     tags = {t["key"] for s in body[0]["spans"] for t in s["tags"]}
     assert "paid.project_id" in tags
     assert not tags & {"gen_ai.prompt", "user.email", "db.password"}
+
+
+def test_collector_validates_its_own_config_and_the_build_is_cached() -> None:
+    from paid_telemetry.services import REPO, built_binary
+
+    binary = built_binary("otelcol-paid")
+    check = subprocess.run([binary, "validate", "--config", str(REPO / "otel-collector" / "config.yaml")],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    components = subprocess.run([binary, "components"], capture_output=True, text=True, timeout=60).stdout
+    for name in ("otlp", "memory_limiter", "batch", "attributes", "prometheus", "otlp_grpc", "file", "health_check"):
+        assert f"name: {name}\n" in components, name
+    assert components.count("v0.161.0") >= 8  # one release for every module
+    start = time.monotonic()
+    again = subprocess.run(["bash", str(REPO / "scripts" / "build-collector.sh")], capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "collector: cached" in again.stderr and "jaeger: cached" in again.stderr
+    assert f"OTELCOL={binary}" in again.stdout
+    assert time.monotonic() - start < 30

@@ -1,0 +1,242 @@
+"""Alerting on real services: the SDK's workload -> real Prometheus (the repository's rules) ->
+real Alertmanager (routes and inhibitions of the repository's config) -> a webhook run by the test.
+
+RDR-011 test scenarios 2 (success rate below 50% -> alert) and 3 (daily budget exceeded ->
+warning sent), and "notifications reach configured channels": the receiver a notification
+arrives on is the one the real route chose.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import paid_telemetry as pt
+from paid_telemetry.agents import agent_run, record_token_usage
+from paid_telemetry.services import Service, find_binary, free_port, http_ok
+from tests.alerting_support import RUNBOOK_BASE, alertmanager_variant, rules_variant
+from tests.promapi import get_json, query
+
+pytestmark = pytest.mark.e2e
+
+FAIL_PROJECT, AGENT = "proj-fail", "writer"
+BUDGET_PROJECT, BUDGET_CENTS = "proj-budget", 5.0
+WAIT = 45.0  # bound on every wait below; the whole test takes about 30 s
+
+
+class Webhook:
+    """A tiny Alertmanager webhook receiver on 127.0.0.1: keeps (receiver, payload) in order."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with outer._lock:
+                    outer.received.append((self.path.strip("/"), json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Webhook:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def alerts(self, alertname: str, status: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """(receiver, alert) for every delivered alert named ``alertname`` (and ``status``)."""
+        with self._lock:
+            return [(receiver, a) for receiver, payload in self.received for a in payload["alerts"]
+                    if a["labels"].get("alertname") == alertname and status in (None, a["status"])]
+
+
+def wait_until(check: Callable[[], Any], what: str, tick: Callable[[], None] | None = None,
+               timeout: float = WAIT) -> Any:
+    """Poll ``check`` (running ``tick`` between polls, e.g. more workload) until truthy or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        if tick:
+            tick()
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def telemetry() -> Iterator[pt.Telemetry]:
+    handle = pt.configure(exporter="prometheus", prometheus_port=0, handle_sigterm=False,
+                          budgets_cents={BUDGET_PROJECT: BUDGET_CENTS})
+    yield handle
+    pt.shutdown()
+
+
+@pytest.fixture
+def services(tmp_path: Path, telemetry: pt.Telemetry) -> Iterator[dict[str, Any]]:
+    """Webhook, Alertmanager (config derived from the repo's) and Prometheus (repo rules, short for:)."""
+    with Webhook() as webhook:
+        am_port, prom_port = free_port(), free_port()
+        am_dir, prom_dir = tmp_path / "alertmanager", tmp_path / "prometheus"
+        am_dir.mkdir()
+        prom_dir.mkdir()
+        (am_dir / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_variant(webhook.url), sort_keys=False))
+        am = Service("alertmanager", [
+            find_binary("prometheus-alertmanager"), f"--config.file={am_dir / 'alertmanager.yml'}",
+            f"--storage.path={am_dir / 'data'}", f"--web.listen-address=127.0.0.1:{am_port}",
+            "--cluster.listen-address=",
+        ], am_dir, ready=lambda: http_ok(f"http://127.0.0.1:{am_port}/-/ready"))
+
+        # The repository's rules, with for: shortened to 2s (windows, thresholds and annotations
+        # unchanged): 1s scrapes and evaluations make the test take seconds, not the 5-15 minutes
+        # of the real for: durations.
+        rules = rules_variant(prom_dir / "rules", for_="2s")
+        sdk = urllib.parse.urlparse(telemetry.prometheus_url or "")
+        prom_cfg = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(rules / "*.yml")],
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
+            "scrape_configs": [{"job_name": "paid-sdk", "static_configs": [{"targets": [sdk.netloc]}]}],
+        }
+        (prom_dir / "prometheus.yml").write_text(yaml.safe_dump(prom_cfg, sort_keys=False))
+        prom = Service("prometheus", [
+            find_binary("prometheus"), f"--config.file={prom_dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={prom_dir / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
+        ], prom_dir, ready=lambda: http_ok(f"http://127.0.0.1:{prom_port}/-/ready"))
+        try:
+            am.start()
+            prom.start()
+            yield {"webhook": webhook, "prom": f"http://127.0.0.1:{prom_port}",
+                   "am": f"http://127.0.0.1:{am_port}", "prom_svc": prom, "am_svc": am}
+        finally:
+            prom.stop()
+            am.stop()
+
+
+def run(status: str, *, minutes: float = 0.0) -> None:
+    """One agent run through the SDK's own code path. ``minutes`` backdates its start, so the SDK
+    records the duration of a run that really took that long (nobody waits 40 minutes)."""
+    with agent_run(project_id=FAIL_PROJECT, agent_type=AGENT) as r:
+        r._start -= minutes * 60  # noqa: SLF001 - the only way to age a run without waiting
+        r.status = status
+
+
+def prom_alert_state(prom: str, name: str) -> str | None:
+    for a in get_json(f"{prom}/api/v1/alerts")["data"]["alerts"]:
+        if a["labels"]["alertname"] == name:
+            return str(a["state"])
+    return None
+
+
+def am_alert(am: str, name: str) -> dict[str, Any] | None:
+    url = f"{am}/api/v2/alerts?" + urllib.parse.urlencode({"filter": f'alertname="{name}"'})
+    found = get_json(url)
+    return found[0] if found else None
+
+
+def test_alerts_fire_route_inhibit_and_resolve(services: dict[str, Any]) -> None:
+    webhook: Webhook = services["webhook"]
+    prom, am = services["prom"], services["am"]
+
+    # Counters must exist before they rise: increase() never sees a series' first sample.
+    run("completed")
+    record_token_usage(project_id=BUDGET_PROJECT, provider="openai", model="gpt-4o",
+                       input_tokens=100, output_tokens=10, cost_cents=1.0)
+    wait_until(lambda: query(prom, f'paid_cost_cents_total{{project_id="{BUDGET_PROJECT}"}}'),
+               "the first scrape of the SDK")
+
+    # Scenario 3: the project passes its 5-cent budget.
+    record_token_usage(project_id=BUDGET_PROJECT, provider="openai", model="gpt-4o",
+                       input_tokens=5000, output_tokens=500, cost_cents=20.0)
+
+    # Scenario 2: 1 run in 4 completes (and the failing ones take 40 minutes).
+    ticks = 0
+
+    def failing_workload() -> None:
+        nonlocal ticks
+        ticks += 1
+        run("completed")
+        for _ in range(3):
+            run("failed", minutes=40)
+
+    def delivered_and_inhibited() -> bool:
+        return bool(webhook.alerts("AgentSuccessRateLow", "firing") and webhook.alerts("DailyBudgetExceeded", "firing")
+                    and prom_alert_state(prom, "AgentRunDurationHigh") == "firing"
+                    and (am_alert(am, "AgentRunDurationHigh") or {}).get("status", {}).get("inhibitedBy"))
+
+    wait_until(delivered_and_inhibited, "AgentSuccessRateLow and DailyBudgetExceeded delivered, "
+               "AgentRunDurationHigh firing but inhibited", tick=failing_workload)
+
+    # The critical went to the on-call receiver, with the rule's exact labels and annotations.
+    receiver, alert = webhook.alerts("AgentSuccessRateLow", "firing")[0]
+    assert receiver == "oncall"
+    assert alert["labels"] == {"alertname": "AgentSuccessRateLow", "severity": "critical", "team": "product",
+                               "project_id": FAIL_PROJECT, "agent_type": AGENT}
+    assert alert["annotations"]["summary"] == f"Agent success rate below 50% for {AGENT} in project {FAIL_PROJECT}"
+    m = re.fullmatch(rf"Only ([\d.]+)% of {AGENT} runs in project {FAIL_PROJECT} completed over the last 15 minutes "
+                     r"\(threshold 50%; (\d+) runs ended in that window\)\.", alert["annotations"]["description"])
+    assert m, alert["annotations"]["description"]
+    assert 15 <= float(m.group(1)) < 50 and int(m.group(2)) >= 5
+    assert alert["annotations"]["runbook_url"] == RUNBOOK_BASE + "AgentSuccessRateLow.md"
+
+    # The budget warning went to the product chat receiver.
+    receiver, alert = webhook.alerts("DailyBudgetExceeded", "firing")[0]
+    assert receiver == "chat"
+    assert alert["labels"] == {"alertname": "DailyBudgetExceeded", "severity": "warning", "team": "product",
+                               "project_id": BUDGET_PROJECT}
+    assert alert["annotations"]["summary"] == f"Daily budget exceeded for project {BUDGET_PROJECT}"
+    m = re.fullmatch(rf"Project {BUDGET_PROJECT} spent (\d+) cents on LLM calls in the last 24 hours, "
+                     r"above its daily budget of 5 cents\.", alert["annotations"]["description"])
+    assert m and 18 <= int(m.group(1)) <= 24, alert["annotations"]["description"]
+    assert alert["annotations"]["runbook_url"] == RUNBOOK_BASE + "DailyBudgetExceeded.md"
+
+    # The warning the page explains: firing in Prometheus, held back by Alertmanager, never sent.
+    inhibited = am_alert(am, "AgentRunDurationHigh")
+    assert inhibited is not None and inhibited["status"]["state"] == "suppressed"
+    source = am_alert(am, "AgentSuccessRateLow")
+    assert source is not None and inhibited["status"]["inhibitedBy"] == [source["fingerprint"]]
+    time.sleep(3)  # three group intervals: a notification would have gone by now
+    assert webhook.alerts("AgentRunDurationHigh") == []
+
+    # Recovery: twice as many successful runs as failed ones -> the success rate passes 50%.
+    for _ in range(2 * 3 * ticks):
+        run("completed")
+    resolved = wait_until(lambda: webhook.alerts("AgentSuccessRateLow", "resolved"),
+                          "the resolved notification of AgentSuccessRateLow")
+    receiver, alert = resolved[0]
+    assert receiver == "oncall"
+    assert alert["labels"]["project_id"] == FAIL_PROJECT and alert["labels"]["agent_type"] == AGENT
+    assert alert["endsAt"] > alert["startsAt"]
+
+    # With its cause gone the duration warning (still true: p95 over 1h) is no longer inhibited,
+    # and goes where warnings of the product team go: proof it was held back by the inhibition.
+    late = wait_until(lambda: webhook.alerts("AgentRunDurationHigh", "firing"),
+                      "AgentRunDurationHigh delivered once no longer inhibited")
+    receiver, alert = late[0]
+    assert receiver == "chat"
+    assert alert["labels"] == {"alertname": "AgentRunDurationHigh", "severity": "warning", "team": "product",
+                               "project_id": FAIL_PROJECT, "agent_type": AGENT}
+    assert alert["annotations"]["runbook_url"] == RUNBOOK_BASE + "AgentRunDurationHigh.md"
+    assert not services["prom_svc"].tail().count("level=error")
