@@ -13,7 +13,7 @@ from pathlib import Path
 from opentelemetry import trace as otel_trace
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from paid_telemetry import agent_run
 
@@ -54,6 +54,13 @@ async def block_first_attempt(marker: str) -> int:
             activity.heartbeat()
             await asyncio.sleep(0.2)
     return attempt
+
+
+@activity.defn
+async def heartbeat_until_cancelled() -> str:
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(0.1)
 
 
 # -- workflows ------------------------------------------------------------------------------
@@ -141,6 +148,26 @@ class KillWorkflow:
         )
 
 
+@workflow.defn
+class CancelActivityWorkflow:
+    """Cancels its own activity after a moment and waits for the activity to acknowledge."""
+
+    @workflow.run
+    async def run(self) -> str:
+        handle = workflow.start_activity(
+            heartbeat_until_cancelled, start_to_close_timeout=timedelta(seconds=30),
+            heartbeat_timeout=timedelta(seconds=2),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        await workflow.sleep(timedelta(milliseconds=500))
+        handle.cancel()
+        try:
+            await handle
+        except ActivityError as err:
+            return type(err.cause).__name__
+        return "not cancelled"
+
+
 # Process-wide state for the at-least-once test; only valid with the UnsandboxedWorkflowRunner
 # (the sandbox would re-import this module per run and reset it).
 TASK_FAILURES_LEFT: dict[str, int] = {}
@@ -162,6 +189,6 @@ class TaskFailsOnceWorkflow:
 
 WORKFLOWS = [
     HelloWorkflow, NoopWorkflow, FailWorkflow, WaitWorkflow, LoopWorkflow, RetryWorkflow,
-    MultiStepWorkflow, TracedWorkflow, KillWorkflow,
+    MultiStepWorkflow, TracedWorkflow, KillWorkflow, CancelActivityWorkflow,
 ]
-ACTIVITIES = [greet, flaky, agent_activity, block_first_attempt]
+ACTIVITIES = [greet, flaky, agent_activity, block_first_attempt, heartbeat_until_cancelled]

@@ -347,3 +347,17 @@ def test_prometheus_scrape_targets_are_compose_services() -> None:
         host = target.rsplit(":", 1)[0]
         assert host == "localhost" or host in svc, f"prometheus.yml scrapes {target}: no such compose service"
     assert "PROMETHEUS_ENDPOINT" in env_of(svc["temporal"]) and "temporal:9090" in targets
+
+
+def test_alertmanager_secrets_are_files_outside_git_that_the_config_reads() -> None:
+    declared = raw()["secrets"]
+    am = services()["alertmanager"]
+    assert sorted(am["secrets"]) == sorted(declared)
+    ignored = (REPO / ".gitignore").read_text().splitlines()
+    assert "secrets/" in ignored
+    config = (REPO / "alertmanager" / "alertmanager.yml").read_text()
+    docs = (REPO / "docs" / "alerting.md").read_text()
+    for name, spec in declared.items():
+        assert spec["file"] == f"./secrets/{name}"
+        assert f"/run/secrets/{name}" in config  # compose mounts each secret there
+        assert f"/run/secrets/{name}" in docs

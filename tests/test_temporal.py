@@ -36,7 +36,6 @@ from paid_telemetry.temporal import TelemetryInterceptor, sandbox_runner, tempor
 from tests import temporal_app as app
 
 TESTS = Path(__file__).resolve().parent
-pytestmark = pytest.mark.e2e
 
 
 # -- fixtures and helpers -------------------------------------------------------------------
@@ -133,7 +132,6 @@ def prom_value(text: str, name: str, **labels: str) -> float:
 
 
 # -- import hygiene (no server) ----------------------------------------------------------------
-@pytest.mark.e2e
 def test_import_paid_telemetry_does_not_import_temporalio() -> None:
     code = "import sys, paid_telemetry; print('temporalio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -141,6 +139,7 @@ def test_import_paid_telemetry_does_not_import_temporalio() -> None:
 
 
 # -- exact workflow counts -----------------------------------------------------------------------
+@pytest.mark.e2e
 async def test_completed_failed_cancelled_continued_as_new_exact_counts(tel: Captured, client: Client) -> None:
     tq = queue()
     async with worker(client, tq):
@@ -180,6 +179,7 @@ async def test_completed_failed_cancelled_continued_as_new_exact_counts(tel: Cap
     assert tel.series("paid_activity_retries") == {}
 
 
+@pytest.mark.e2e
 async def test_activity_retries_exact(tel: Captured, client: Client) -> None:
     tq = queue()
     async with worker(client, tq):
@@ -191,6 +191,18 @@ async def test_activity_retries_exact(tel: Captured, client: Client) -> None:
     assert tel.series("paid_workflow_completed") == {("completed", "RetryWorkflow"): 1}
 
 
+@pytest.mark.e2e
+async def test_cancelled_activity_outcome(tel: Captured, client: Client) -> None:
+    tq = queue()
+    async with worker(client, tq):
+        cause = await client.execute_workflow(app.CancelActivityWorkflow.run, id=wid("cancel-act"), task_queue=tq)
+    assert cause == "CancelledError"
+    assert tel.series("paid_activity_executions") == {("heartbeat_until_cancelled", "cancelled"): 1}
+    assert tel.series("paid_activity_retries") == {}
+    assert tel.series("paid_workflow_completed") == {("completed", "CancelActivityWorkflow"): 1}
+
+
+@pytest.mark.e2e
 async def test_uncached_worker_replays_every_task_but_counts_once(tel: Captured, client: Client) -> None:
     tq = queue()
     handles = []
@@ -210,6 +222,7 @@ async def test_uncached_worker_replays_every_task_but_counts_once(tel: Captured,
     assert tel.series("paid_activity_executions") == {("greet", "completed"): 9}
 
 
+@pytest.mark.e2e
 async def test_replayer_over_recorded_histories_changes_no_metric(tel: Captured, client: Client) -> None:
     tq = queue()
     async with worker(client, tq):
@@ -235,6 +248,7 @@ async def test_replayer_over_recorded_histories_changes_no_metric(tel: Captured,
     assert len(tel.spans.get_finished_spans()) == spans_before
 
 
+@pytest.mark.e2e
 async def test_workflow_task_failure_after_recording_counts_twice(tel: Captured, client: Client) -> None:
     """The documented at-least-once case: a workflow task that fails after recording re-executes."""
     tq = queue()
@@ -252,6 +266,7 @@ async def test_workflow_task_failure_after_recording_counts_twice(tel: Captured,
     assert tel.series("paid_workflow_completed") == {("completed", "TaskFailsOnceWorkflow"): 1}
 
 
+@pytest.mark.e2e
 async def test_killed_worker_restarted_completes_with_one_completed_count(
     tel: Captured, client: Client, server: Service, tmp_path: Path
 ) -> None:
@@ -291,6 +306,7 @@ async def test_killed_worker_restarted_completes_with_one_completed_count(
 
 
 # -- traces and de-duplication ----------------------------------------------------------------------
+@pytest.mark.e2e
 async def test_one_trace_from_client_to_agent_run_and_no_duplicates(tel: Captured, server: Service) -> None:
     # Registered on the client AND (another instance) on the worker: must not double anything.
     client = await Client.connect(address(server), interceptors=[TelemetryInterceptor()])
@@ -332,6 +348,7 @@ SDK_METRICS = (
 )
 
 
+@pytest.mark.e2e
 async def test_sdk_metrics_prometheus_mode(tel: Captured, server: Service) -> None:
     port = free_port()
     rt = temporal_runtime("prometheus", prometheus_bind=f"127.0.0.1:{port}")
@@ -366,6 +383,7 @@ class _OtlpSink(metrics_service_pb2_grpc.MetricsServiceServicer):
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
+@pytest.mark.e2e
 async def test_sdk_metrics_otlp_mode(tel: Captured, server: Service) -> None:
     sink = _OtlpSink()
     grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
@@ -391,6 +409,7 @@ async def test_sdk_metrics_otlp_mode(tel: Captured, server: Service) -> None:
 
 
 # -- queue depth: the server's backlog gauge ------------------------------------------------------------
+@pytest.mark.e2e
 async def test_queue_depth_signal_is_servers_approximate_backlog_count(tel: Captured, tmp_path: Path) -> None:
     srv = temporal_server(tmp_path / "temporal-backlog")
     # Default emit interval is 1 minute; shorten it so the test sees the gauge quickly.

@@ -164,16 +164,17 @@ class AgentRun:
 
     def _finish_span(self, span: Any, status: str, exc: BaseException | None) -> None:
         if span.is_recording():
-            span.set_attributes({
+            attrs: dict[str, Any] = {
                 "paid.agent_run.status": status,
                 "paid.agent_run.iterations": self.iterations,
                 "gen_ai.usage.input_tokens": int(self.input_tokens),
                 "gen_ai.usage.output_tokens": int(self.output_tokens),
                 "paid.cost_cents": self.cost_cents,
-            })
+            }
             if self.provider is not None:
-                span.set_attribute("gen_ai.provider.name", str(self.provider))
-                span.set_attribute("gen_ai.request.model", str(self.model))
+                attrs["gen_ai.provider.name"] = str(self.provider)
+                attrs["gen_ai.request.model"] = str(self.model)
+            span.set_attributes(attrs)
             if status == "failed":
                 if exc is not None:
                     span.record_exception(exc)

@@ -53,15 +53,24 @@ def _cmd_docs(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from paid_telemetry.demo import main as demo_main
 
-    return demo_main(runs=args.runs, serve_seconds=args.serve)
+    mode = "start" if args.stack else "off" if args.embedded else "auto"
+    return demo_main(runs=args.runs, serve_seconds=args.serve, stack=mode, stack_dir=_stack_dir())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="paid-telemetry", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run a demo workload and show what an operator sees")
-    demo.add_argument("--runs", type=int, default=60)
-    demo.add_argument("--serve", type=float, default=0.0, help="keep /metrics up this many seconds")
+    demo = sub.add_parser(
+        "demo", help="run agent sessions through the example platform and show what an operator sees",
+        description="Uses a running stack recorded by `paid-telemetry stack up` if there is one, "
+                    "else the embedded set-up (Temporal dev server + a /metrics endpoint).",
+    )
+    demo.add_argument("--runs", type=int, default=60, help="agent sessions to run (default 60, ~15 s)")
+    demo.add_argument("--serve", type=float, default=0.0, help="keep everything up this many seconds afterwards")
+    where = demo.add_mutually_exclusive_group()
+    where.add_argument("--stack", action="store_true",
+                       help="start the local stack for the demo (full pipeline: OTLP, Prometheus, Jaeger)")
+    where.add_argument("--embedded", action="store_true", help="ignore a recorded stack; embedded set-up only")
     demo.set_defaults(func=_cmd_demo)
     st = sub.add_parser("stack", help="the local stack: collector, Jaeger, Prometheus, Alertmanager, Temporal")
     st.add_argument("action", choices=["up", "down", "status"])

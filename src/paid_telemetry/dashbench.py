@@ -19,7 +19,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -37,6 +37,7 @@ class PanelQuery:
     panel: str      # title
     ref: str        # refId
     expr: str       # as written in the dashboard (with variables)
+    instant: bool = False  # Grafana sends it to /api/v1/query at the range's end
 
     @property
     def key(self) -> str:
@@ -63,7 +64,7 @@ def panel_queries(rendered: dict[str, dict[str, Any]] | None = None) -> list[Pan
     for d in (rendered or dashboards.render_all()).values():
         for p in d["panels"]:
             for t in p.get("targets", []):
-                out.append(PanelQuery(d["uid"], p["title"], t["refId"], t["expr"]))
+                out.append(PanelQuery(d["uid"], p["title"], t["refId"], t["expr"], bool(t.get("instant"))))
     return out
 
 
@@ -144,15 +145,20 @@ class Timing:
 
 def time_range_queries(base_url: str, queries: Iterable[PanelQuery], ranges: dict[str, float],
                        end: float, scrape_s: float = 15.0) -> list[Timing]:
-    """Run every query as a Grafana range query over each range; wall-clock seconds per query."""
+    """Send every query as Grafana would for each range (query_range with its step and
+    $__rate_interval; instant targets to /api/v1/query at the end); wall-clock seconds each."""
     timings = []
     for q in queries:
         for name, range_s in ranges.items():
             step, rate = grafana_intervals(range_s, scrape_s)
             expr = substitute(q.expr, rate, {"__range": f"{int(range_s)}s"})
-            params = {"query": expr, "start": f"{end - range_s:.0f}", "end": f"{end:.0f}", "step": str(step)}
+            if q.instant:
+                path, params = "/api/v1/query", {"query": expr, "time": f"{end:.0f}"}
+            else:
+                path = "/api/v1/query_range"
+                params = {"query": expr, "start": f"{end - range_s:.0f}", "end": f"{end:.0f}", "step": str(step)}
             t0 = time.perf_counter()
-            data = api(base_url, "/api/v1/query_range", params, timeout=60)
+            data = api(base_url, path, params, timeout=60)
             timings.append(Timing(q, name, time.perf_counter() - t0, len(data["result"])))
     return timings
 
@@ -212,7 +218,7 @@ class _Writer:
     """Writes each sample into the file of its 2-hour block (promtool re-reads a whole input
     file once per block it creates: one file per block keeps the backfill linear)."""
 
-    def __init__(self, outs: list[IO[str]], timestamps: list[int], block_of: list[int], steps_per_day: int) -> None:
+    def __init__(self, outs: Sequence[IO[str]], timestamps: list[int], block_of: list[int], steps_per_day: int) -> None:
         self.outs = outs
         self.ts = timestamps
         self.block_of = block_of
@@ -265,11 +271,11 @@ class _Writer:
 
 
 def _exp_cdf(mean: float) -> Callable[[float], float]:
-    return lambda x: 1.0 - math.exp(-x / mean)
+    return lambda x: 1.0 - math.exp(-float(x) / mean)
 
 
 def _score_cdf(x: float) -> float:  # scores mostly between 0.5 and 1
-    return min(1.0, max(0.0, (x - 0.3) / 0.7)) ** 1.5
+    return float(min(1.0, max(0.0, (x - 0.3) / 0.7)) ** 1.5)
 
 
 BLOCK_S = 7200  # promtool writes 2-hour blocks (this Prometheus has no --max-block-duration)

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from paid_telemetry import external_metrics
+
 SCHEMA_VERSION = 38  # Grafana 10.2, the record's image (grafana/grafana:10.2.0)
 TAG = "paid"
 DS: dict[str, str] = {"type": "prometheus", "uid": "${datasource}"}
@@ -26,8 +28,8 @@ GRID_WIDTH = 24
 
 # -- external metric names (not from our catalogue) --------------------------------------
 # Temporal server: the task-queue backlog gauge (matching service; labels taskqueue, task_type).
-# ONE place to rename it.
-TEMPORAL_BACKLOG = "approximate_backlog_count"
+# Named in ONE place, paid_telemetry.external_metrics (shared with the alert rules).
+TEMPORAL_BACKLOG = external_metrics.TEMPORAL_BACKLOG
 # Temporal SDK worker metrics (sdk-core Prometheus exporter, durations in seconds).
 TEMPORAL_SLOTS_AVAILABLE = "temporal_worker_task_slots_available"
 TEMPORAL_WF_TASK_SCHEDULE_TO_START = "temporal_workflow_task_schedule_to_start_latency_seconds_bucket"
@@ -47,32 +49,9 @@ OTELCOL_QUEUE_SIZE = "otelcol_exporter_queue_size"
 OTELCOL_QUEUE_CAPACITY = "otelcol_exporter_queue_capacity"
 OTELCOL_RSS = "otelcol_process_memory_rss"
 
-# Which exporter feeds which external name: the documented list the tests check against
-# (used when ``paid_telemetry.external_metrics`` does not exist).
-EXTERNAL_METRICS: dict[str, tuple[str, ...]] = {
-    "prometheus (built-in)": ("ALERTS", "up"),
-    "prometheus-node-exporter": (
-        "node_cpu_seconds_total", "node_memory_MemAvailable_bytes", "node_memory_MemTotal_bytes",
-        "node_filesystem_avail_bytes", "node_filesystem_size_bytes", "node_disk_io_time_seconds_total",
-        "node_load1", "node_network_receive_bytes_total", "node_network_transmit_bytes_total", "node_uname_info",
-    ),
-    "cadvisor": ("container_cpu_usage_seconds_total", "container_memory_working_set_bytes",
-                 "container_oom_events_total"),
-    "postgres-exporter": (
-        "pg_up", "pg_stat_activity_count", "pg_settings_max_connections", "pg_stat_database_xact_commit",
-        "pg_stat_database_xact_rollback", "pg_stat_database_blks_hit", "pg_stat_database_blks_read",
-        "pg_stat_database_deadlocks", "pg_stat_database_tup_fetched", "pg_stat_database_tup_returned",
-    ),
-    "otel-collector (own telemetry)": (
-        OTELCOL_ACCEPTED_POINTS, OTELCOL_REFUSED_POINTS, OTELCOL_ACCEPTED_SPANS, OTELCOL_SENT_POINTS,
-        OTELCOL_FAILED_POINTS, OTELCOL_FAILED_SPANS, OTELCOL_QUEUE_SIZE, OTELCOL_QUEUE_CAPACITY, OTELCOL_RSS,
-    ),
-    "temporal server": (TEMPORAL_BACKLOG,),
-    "temporal sdk (worker)": (
-        TEMPORAL_SLOTS_AVAILABLE, TEMPORAL_WF_TASK_SCHEDULE_TO_START, TEMPORAL_ACTIVITY_SCHEDULE_TO_START,
-        TEMPORAL_WF_COMPLETED, TEMPORAL_WF_FAILED, TEMPORAL_STICKY_CACHE,
-    ),
-}
+# Which exporter feeds which external name: the documented list (shared with the alert
+# rules) that the tests check every dashboard expression against.
+EXTERNAL_METRICS = external_metrics.EXTERNAL_METRICS
 
 # Workflow statuses that count as failing (catalogue.WORKFLOW_STATUSES minus the good ones).
 FAILING_WORKFLOW = "failed|timed_out|terminated"
@@ -311,12 +290,13 @@ def overview() -> dict[str, Any]:
     budget = f"paid_project_daily_budget_cents{{{PROJECT}}}"
     panels = [
         row("Now"),
-        stat("Agent success rate (1h)", [target(ratio(ok_runs, runs, window="1h"), "success rate")], "percentunit",
+        stat("Agent success rate (1h)", [target(ratio(ok_runs, runs, window="1h"), "success rate", instant=True)],
+             "percentunit",
              description="Completed runs / all runs that ended in the last hour (alert below 50%).",
              thresholds=PCT_THRESHOLDS, minimum=0, maximum=1, links=[link("Agents", "paid-agents")]),
         stat("Agent runs per minute", [target(per_min(runs), "runs/min")], "opm",
              description="Agent runs ending per minute, all statuses."),
-        stat("Spend last 24h", [target(f"sum (increase({cost}[24h])) / 100", "spend")], "currencyUSD",
+        stat("Spend last 24h", [target(f"sum (increase({cost}[24h])) / 100", "spend", instant=True)], "currencyUSD",
              description="LLM spend over the last 24 hours (the budget's day), in US dollars.",
              links=[link("Cost", "paid-cost")]),
         stat("Firing alerts", [target('count (ALERTS{alertstate="firing"}) or vector(0)', "firing")], "short",
@@ -415,7 +395,8 @@ def cost() -> dict[str, Any]:
         timeseries("Tokens per minute by provider, model and type", [target(
             per_min(tokens, "provider, model, type"), "{{provider}} {{model}} {{type}}")], "short", stack=True,
             width=16),
-        stat("Tokens last 24h", [target(f"sum (increase({tokens}[24h]))", "tokens")], "short", width=8, height=8),
+        stat("Tokens last 24h", [target(f"sum (increase({tokens}[24h]))", "tokens", instant=True)], "short",
+             width=8, height=8),
         row("Spend"),
         timeseries("Spend rate by project ($/h)", [target(
             f"sum by (project_id) (rate({cost_}[{RI}])) * 3600 / 100", "{{project_id}}")], "currencyUSD", stack=True),

@@ -1,133 +1,401 @@
-"""The demo workload: a stream of agent runs with a deterministic fake LLM.
+"""``paid-telemetry demo``: the example platform (examples/) under a stream of agent sessions.
 
-Some runs fail, one project is costly; at the end the operator sees what Prometheus would
-see, read back from the SDK's own /metrics endpoint.
+It starts the real Temporal dev server (or uses the local stack's), runs the example worker
+and HTTP API in this process, POSTs ``runs`` sessions (a costly project, some failing
+agents, some GitHub retries) and waits for every workflow. Then it prints what an operator
+sees, read back from the metrics (the embedded /metrics endpoint, or Prometheus when the
+local stack is used), next to the truth the workflows reported, and says whether they agree.
+
+p95 durations are computed from the durations the activities measured (nearest rank): the
+agent-run histogram's buckets start at 60 s (sized for real agents), so the histogram alone
+can only bound a demo run's p95; that bound is printed too.
 """
 
 from __future__ import annotations
 
-import random
+import asyncio
+import contextlib
+import importlib
+import json
+import math
+import shutil
+import socket
 import sys
+import tempfile
 import time
+import urllib.parse
 import urllib.request
-from collections import defaultdict
-from dataclasses import dataclass
-from typing import TextIO
-
-from prometheus_client.parser import text_string_to_metric_families
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
 
 import paid_telemetry as pt
+from paid_telemetry.services import REPO, Service, temporal_server
 
-PROJECTS = ("acme", "globex", "initech")
-COSTLY_PROJECT = "globex"
-AGENTS = ("coder", "reviewer", "planner")
-MODELS = (("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4-5"), ("openai", "gpt-4o-mini"))
+DEFAULT_RUNS = 60
+CONCURRENCY = 8
+DEMO_SERVICE = "paid-demo"
 
 
-@dataclass(frozen=True)
-class FakeCompletion:
+# -- what the demo runs ---------------------------------------------------------------------
+def plan(runs: int) -> list[tuple[str, str, str]]:
+    """(project, agent type, task) for each session: deterministic, so every demo shows the same."""
+    fake_llm = _examples("fake_llm")
+    projects, agents = fake_llm.PROJECTS, fake_llm.AGENT_TYPES
+    return [(projects[i % len(projects)], agents[(i // len(projects)) % len(agents)], f"demo-task-{i}")
+            for i in range(runs)]
+
+
+@dataclass
+class RunReport:
+    """One session as the API reported it: the truth the metrics must show."""
+
+    workflow_id: str
+    project_id: str
+    agent_type: str
+    status: str
+    duration_seconds: float
     input_tokens: int
     output_tokens: int
-    quality: float
+    cost_cents: float
 
 
-class FakeLLM:
-    """Deterministic stand-in for an LLM client: same seed, same tokens, same costs."""
+@dataclass
+class MetricsView:
+    """What the metrics say, whichever backend they were read from."""
 
-    def __init__(self, seed: int = 7) -> None:
-        self._rng = random.Random(seed)
-
-    def complete(self, project: str) -> FakeCompletion:
-        scale = 20 if project == COSTLY_PROJECT else 1
-        return FakeCompletion(
-            input_tokens=self._rng.randint(800, 4000) * scale,
-            output_tokens=self._rng.randint(100, 1200) * scale,
-            quality=round(self._rng.uniform(0.4, 1.0), 2),
-        )
+    source: str
+    runs: dict[tuple[str, str], float] = field(default_factory=dict)  # (project, status)
+    tokens: dict[str, float] = field(default_factory=dict)
+    cost_cents: dict[str, float] = field(default_factory=dict)
+    duration_buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
 
 
-def run_workload(runs: int = 60, *, seed: int = 7, out: TextIO = sys.stderr) -> dict[str, int]:
-    """Run ``runs`` agent runs; returns runs by status (the truth the metrics must show)."""
-    llm = FakeLLM(seed)
-    rng = random.Random(seed + 1)
-    truth: dict[str, int] = defaultdict(int)
-    for i in range(runs):
-        project = PROJECTS[i % len(PROJECTS)]
-        agent = AGENTS[rng.randrange(len(AGENTS))]
-        provider, model = MODELS[rng.randrange(len(MODELS))]
-        try:
-            with pt.agent_run(project_id=project, agent_type=agent) as run:
-                for _ in range(rng.randint(1, 6)):
-                    run.iteration()
-                    reply = llm.complete(project)
-                    run.record_tokens(provider=provider, model=model,
-                                      input_tokens=reply.input_tokens, output_tokens=reply.output_tokens)
-                with pt.external_call("github", "create_pull_request"):
-                    time.sleep(0.005)
-                if rng.random() < 0.15:
-                    raise RuntimeError("agent gave up")
-                run.record_quality(reply.quality, prompt_slug=f"{agent}-v1")
-                pt.record_pull_request("created", project_id=project)
-        except RuntimeError:
-            pass
-        truth[run.status or "unknown"] += 1
-        _progress(i + 1, runs, out)
-    out.write("\n")
-    return dict(truth)
+@dataclass
+class Target:
+    """Where the demo sends things: the embedded set-up or a local stack."""
+
+    mode: str  # "embedded", "stack" (recorded by `stack up`) or "stack (started)"
+    temporal_address: str
+    prometheus_url: str | None = None
+    jaeger_url: str | None = None
+    alertmanager_url: str | None = None
+    otlp_endpoint: str | None = None
+    collector_metrics_url: str | None = None
 
 
-def _progress(done: int, total: int, out: TextIO) -> None:
-    width = 30
-    filled = width * done // total
-    out.write(f"\r  agent runs [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-    out.flush()
+def _examples(module: str = "") -> Any:
+    """Import ``examples`` or ``examples.<module>``; the examples live next to src/ in the repository."""
+    name = f"examples.{module}" if module else "examples"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != "examples" or not (REPO / "examples" / "__init__.py").exists():
+            raise
+        sys.path.insert(0, str(REPO))
+        return importlib.import_module(name)
 
 
-def summary(metrics_url: str) -> str:
-    """A short operator's table read back from the /metrics endpoint."""
+# -- progress -------------------------------------------------------------------------------
+class Progress:
+    """One updating line on a terminal; a line per quarter otherwise (logs, CI, tests)."""
+
+    def __init__(self, total: int, out: TextIO) -> None:
+        self.total, self.out = total, out
+        self.done: Counter[str] = Counter()
+        self.start = time.monotonic()
+        self.tty = out.isatty()
+        self._last_quarter = 0
+
+    def advance(self, status: str) -> None:
+        self.done[status] += 1
+        n = sum(self.done.values())
+        width = 30
+        bar = "#" * (width * n // self.total) + "." * (width - width * n // self.total)
+        line = (f"  sessions [{bar}] {n}/{self.total}  completed {self.done['completed']}"
+                f"  failed {self.done['failed']}  {time.monotonic() - self.start:.1f}s")
+        if self.tty:
+            self.out.write("\r" + line + ("\n" if n == self.total else ""))
+        elif 4 * n // self.total > self._last_quarter or n == self.total:
+            self._last_quarter = 4 * n // self.total
+            self.out.write(line + "\n")
+        self.out.flush()
+
+
+# -- running the sessions -------------------------------------------------------------------
+async def drive(api_url: str, client: Any, sessions: list[tuple[str, str, str]], progress: Progress,
+                concurrency: int = CONCURRENCY) -> list[RunReport]:
+    """POST each session to the API, wait for its workflow, read its report back from the API."""
+    import httpx
+    from temporalio.client import WorkflowFailureError
+
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(http: httpx.AsyncClient, project: str, agent: str, task: str) -> RunReport:
+        async with gate:
+            resp = await http.post(f"/projects/{project}/runs", json={"agent_type": agent, "task": task})
+            resp.raise_for_status()
+            workflow_id = resp.json()["workflow_id"]
+            with contextlib.suppress(WorkflowFailureError):
+                await client.get_workflow_handle(workflow_id).result()
+            report = (await http.get(f"/runs/{workflow_id}")).json()
+        o = report.get("outcome") or {}
+        progress.advance(report["status"])
+        return RunReport(workflow_id, project, agent, report["status"], float(o.get("duration_seconds", 0.0)),
+                         int(o.get("input_tokens", 0)), int(o.get("output_tokens", 0)),
+                         float(o.get("cost_cents", 0.0)))
+
+    async with httpx.AsyncClient(base_url=api_url, timeout=30) as http:
+        return list(await asyncio.gather(*(one(http, *s) for s in sessions)))
+
+
+async def run_platform(target: Target, sessions: list[tuple[str, str, str]], progress: Progress) -> list[RunReport]:
+    """The example worker and API in this process, against ``target``'s Temporal."""
+    examples = _examples()
+    api, worker = _examples("api"), _examples("worker")
+    queue = f"paid-demo-{uuid.uuid4().hex[:8]}"  # a queue of our own: never steal a running worker's tasks
+    client = await examples.connect(target.temporal_address, wait_s=20)
+    server = api.ApiServer(api.create_app(temporal_address=target.temporal_address, queue=queue)).start()
+    try:
+        async with worker.build_worker(client, queue=queue):
+            return await drive(server.url, client, sessions, progress)
+    finally:
+        server.stop()
+
+
+# -- reading the metrics back ---------------------------------------------------------------
+def read_embedded(metrics_url: str) -> MetricsView:
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    runs: dict[str, float] = defaultdict(float)
+    view = MetricsView(source=metrics_url)
+    runs: dict[tuple[str, str], float] = defaultdict(float)
     tokens: dict[str, float] = defaultdict(float)
     cost: dict[str, float] = defaultdict(float)
     buckets: dict[float, float] = defaultdict(float)
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == "paid_agent_runs_total":
-                runs[s.labels["status"]] += s.value
+                runs[(s.labels["project_id"], s.labels["status"])] += s.value
             elif s.name == "paid_tokens_total":
                 tokens[s.labels["project_id"]] += s.value
             elif s.name == "paid_cost_cents_total":
                 cost[s.labels["project_id"]] += s.value
             elif s.name == "paid_agent_run_duration_seconds_bucket":
                 buckets[float(s.labels["le"])] += s.value
-    total = sum(runs.values())
-    lines = ["", "Runs by status:"]
-    lines += [f"  {status:<10} {int(n):>5}" for status, n in sorted(runs.items())]
-    lines.append(f"  p95 duration bucket: <= {_p95(buckets, total):g} s")
-    lines += ["", f"  {'project':<10} {'tokens':>12} {'cost $':>10}"]
-    for project in sorted(set(tokens) | set(cost)):
-        lines.append(f"  {project:<10} {int(tokens[project]):>12} {cost[project] / 100:>10.2f}")
-    return "\n".join(lines)
+    view.runs, view.tokens, view.cost_cents, view.duration_buckets = dict(runs), dict(tokens), dict(cost), dict(buckets)
+    return view
 
 
-def _p95(buckets: dict[float, float], total: float) -> float:
-    for bound in sorted(buckets):
-        if total and buckets[bound] >= 0.95 * total:
-            return bound
-    return float("inf")
+def _prom_query(prom: str, expr: str) -> list[dict[str, Any]]:
+    url = f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        body = json.loads(resp.read())
+    return list(body["data"]["result"])
 
 
-def main(runs: int = 60, serve_seconds: float = 0.0) -> int:
-    handle = pt.configure(service_name="paid-demo")
-    print(f"paid-telemetry demo: metrics at {handle.prometheus_url}", file=sys.stderr)
-    truth = run_workload(runs)
-    print(summary(handle.prometheus_url or ""))
-    print(f"\nTruth from the workload: {dict(sorted(truth.items()))}")
-    if serve_seconds:
-        print(f"Serving {handle.prometheus_url} for {serve_seconds:g}s (Ctrl-C to stop)", file=sys.stderr)
+def read_prometheus(prom: str, instance: str, expected_runs: int, timeout_s: float = 45.0) -> MetricsView:
+    """The same view from Prometheus (via the collector), once it has every run."""
+    sel = f'{{job="{DEMO_SERVICE}",instance="{instance}"}}'
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = {(r["metric"].get("project_id", ""), r["metric"].get("status", "")): float(r["value"][1])
+                for r in _prom_query(prom, f"sum by (project_id, status) (paid_agent_runs_total{sel})")}
+        if sum(runs.values()) >= expected_runs or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+
+    def by(expr: str, label: str) -> dict[str, float]:
+        return {r["metric"].get(label, ""): float(r["value"][1]) for r in _prom_query(prom, expr)}
+
+    return MetricsView(
+        source=f"{prom} (Prometheus)",
+        runs=runs,
+        tokens=by(f"sum by (project_id) (paid_tokens_total{sel})", "project_id"),
+        cost_cents=by(f"sum by (project_id) (paid_cost_cents_total{sel})", "project_id"),
+        duration_buckets={float(k): v for k, v in
+                          by(f"sum by (le) (paid_agent_run_duration_seconds_bucket{sel})", "le").items()},
+    )
+
+
+# -- the operator's table -------------------------------------------------------------------
+def p95(values: list[float]) -> float:
+    """Nearest-rank 95th percentile."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def bucket_bound(buckets: dict[float, float], q: float = 0.95) -> float:
+    """Upper bound of the histogram bucket holding quantile ``q`` (what the histogram can tell)."""
+    total = buckets.get(math.inf, max(buckets.values(), default=0.0))
+    for le in sorted(buckets):
+        if total and buckets[le] >= q * total:
+            return le
+    return math.inf
+
+
+def render(reports: list[RunReport], view: MetricsView, costly: str) -> tuple[str, bool]:
+    """The summary table (from the metrics) and the truth line; and whether they agree."""
+    truth: Counter[str] = Counter(r.status for r in reports)
+    durations: dict[str, list[float]] = defaultdict(list)
+    for r in reports:
+        durations[r.project_id].append(r.duration_seconds)
+    projects = sorted({p for p, _ in view.runs} | set(durations))
+    head = f"  {'project':<16} {'runs':>5} {'completed':>10} {'failed':>7} {'p95 s':>7} {'tokens':>12} {'cost $':>9}"
+    lines = [f"Agent runs by project (from {view.source}):", head, "  " + "-" * (len(head) - 2)]
+    tot: Counter[str] = Counter()
+    for project in projects:
+        done = view.runs.get((project, "completed"), 0.0)
+        failed = view.runs.get((project, "failed"), 0.0)
+        n = sum(v for (p, _s), v in view.runs.items() if p == project)
+        name = f"{project} (costly)" if project == costly else project
+        lines.append(f"  {name:<16} {int(n):>5} {int(done):>10} {int(failed):>7} {p95(durations[project]):>7.2f}"
+                     f" {int(view.tokens.get(project, 0)):>12,} {view.cost_cents.get(project, 0) / 100:>9.2f}")
+        tot.update({"runs": int(n), "completed": int(done), "failed": int(failed)})
+    all_durations = [r.duration_seconds for r in reports]
+    lines.append(f"  {'total':<16} {tot['runs']:>5} {tot['completed']:>10} {tot['failed']:>7} {p95(all_durations):>7.2f}"
+                 f" {int(sum(view.tokens.values())):>12,} {sum(view.cost_cents.values()) / 100:>9.2f}")
+    bound = bucket_bound(view.duration_buckets)
+    lines += [
+        "",
+        f"p95 s: nearest rank over the {len(all_durations)} durations the activities measured; the",
+        f"paid_agent_run_duration_seconds buckets (60 s and up, sized for real agents) only say p95 <= {bound:g} s.",
+        "Truth from the workflows: " + " ".join(f"{s}={n}" for s, n in sorted(truth.items())),
+    ]
+    metric_status = Counter({s: int(v) for (_p, s), v in view.runs.items() if v})
+    per_project = {(r.project_id, r.status) for r in reports}
+    agree = metric_status == truth and all(
+        view.runs.get(key, 0) == sum(1 for r in reports if (r.project_id, r.status) == key) for key in per_project
+    )
+    lines.append(f"Metrics agree with the truth: {'yes' if agree else 'NO'}")
+    return "\n".join(lines), agree
+
+
+# -- targets --------------------------------------------------------------------------------
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
-            time.sleep(serve_seconds)
-        except KeyboardInterrupt:
-            pass
-    pt.shutdown()
-    return 0
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _recorded_stack(stack_dir: Path) -> Target | None:
+    from paid_telemetry import stack
+
+    state = stack.saved_status(stack_dir)
+    if not state or not all(state.get("alive", {}).values()) or "temporal_grpc" not in state.get("ports", {}):
+        return None
+    s = stack.Stack(Path(state["workdir"]), ports={k: int(v) for k, v in state["ports"].items()})
+    return _stack_target(s, "stack (recorded by `paid-telemetry stack up`)")
+
+
+def _stack_target(s: Any, mode: str) -> Target:
+    return Target(mode, s.temporal_address, s.prometheus_url, s.jaeger_url, s.alertmanager_url,
+                  s.otlp_endpoint, s.collector_metrics_url)
+
+
+@contextlib.contextmanager
+def _embedded_temporal(workdir: Path) -> Iterator[Target]:
+    srv: Service = temporal_server(workdir / "temporal")
+    srv.start()
+    try:
+        yield Target("embedded", f"127.0.0.1:{srv.ports['grpc']}")
+    finally:
+        srv.stop()
+        shutil.rmtree(workdir / "temporal", ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _started_stack(workdir: Path) -> Iterator[Target]:
+    from paid_telemetry.stack import Stack
+
+    with Stack(workdir / "stack", scrape_interval="2s", evaluation_interval="2s") as s:
+        yield _stack_target(s, "stack (started for this demo)")
+
+
+# -- main -----------------------------------------------------------------------------------
+def main(runs: int = DEFAULT_RUNS, serve_seconds: float = 0.0, stack: str = "auto",
+         stack_dir: Path | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """``stack``: "auto" (use a running recorded stack, else embedded), "start" or "off"."""
+    if runs < 1:
+        print("--runs must be at least 1", file=err)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="paid-demo-"))
+    recorded = _recorded_stack(stack_dir or REPO / ".stack") if stack == "auto" else None
+    if stack == "start":
+        print("Starting the local stack (collector, Jaeger, Prometheus, Alertmanager, Temporal)...", file=err)
+        ctx: contextlib.AbstractContextManager[Target] = _started_stack(workdir)
+    elif recorded is not None:
+        ctx = contextlib.nullcontext(recorded)
+    else:
+        print("Starting the Temporal dev server...", file=err)
+        ctx = _embedded_temporal(workdir)
+    with ctx as target:
+        return _run(target, runs, serve_seconds, workdir, out, err)
+
+
+def _run(target: Target, runs: int, serve_seconds: float, workdir: Path, out: TextIO, err: TextIO) -> int:
+    from paid_telemetry.logs import configure_logging
+
+    instance = f"demo-{uuid.uuid4().hex[:8]}"
+    if target.otlp_endpoint:
+        handle = pt.configure(service_name=DEMO_SERVICE, exporter="otlp", otlp_endpoint=target.otlp_endpoint,
+                              metric_export_interval_ms=1000, resource_attributes={"service.instance.id": instance})
+    else:
+        port = 9464 if _port_free(9464) else 0
+        handle = pt.configure(service_name=DEMO_SERVICE, exporter="prometheus", prometheus_port=port,
+                              resource_attributes={"service.instance.id": instance})
+    log_path = workdir / "demo.log"
+    log_file = log_path.open("a")
+    configure_logging(json=True, stream=log_file)  # the platform's JSON lines; OTLP copies in stack mode
+    fake_llm = _examples("fake_llm")
+    sessions = plan(runs)
+
+    print(f"paid-telemetry demo: {runs} agent sessions through the example platform ({target.mode})", file=out)
+    print("", file=out)
+    if handle.prometheus_url:
+        print(f"Metrics endpoint: {handle.prometheus_url}", file=out)
+    else:
+        print(f"Metrics endpoint: {target.collector_metrics_url} (the collector's; Prometheus scrapes it)", file=out)
+        print(f"Prometheus:       {target.prometheus_url}  (job=\"{DEMO_SERVICE}\", instance=\"{instance}\")", file=out)
+        print(f"Jaeger:           {target.jaeger_url}  (service {DEMO_SERVICE})", file=out)
+        print(f"Alertmanager:     {target.alertmanager_url}", file=out)
+        print(f"OTLP:             {target.otlp_endpoint}", file=out)
+    print(f"Temporal:         {target.temporal_address}", file=out)
+    print(f"Logs:             {log_path} (JSON lines)", file=out)
+    out.flush()
+
+    try:
+        progress = Progress(runs, err)
+        reports = asyncio.run(run_platform(target, sessions, progress))
+        pt.force_flush()
+        if handle.prometheus_url:
+            view = read_embedded(handle.prometheus_url)
+        else:
+            assert target.prometheus_url is not None
+            print("Waiting for Prometheus to scrape the collector...", file=err)
+            view = read_prometheus(target.prometheus_url, instance, runs)
+        table, agree = render(reports, view, fake_llm.COSTLY_PROJECT)
+        print("", file=out)
+        print(table, file=out)
+        if not handle.prometheus_url:
+            print("", file=out)
+            print(f"Try in Prometheus: sum by (project_id) (rate(paid_cost_cents_total[5m]))  at {target.prometheus_url}",
+                  file=out)
+            print(f"Traces: {target.jaeger_url}/search?service={DEMO_SERVICE}", file=out)
+        out.flush()
+        if serve_seconds:
+            print(f"Keeping everything up for {serve_seconds:g}s (Ctrl-C to stop)", file=err)
+            with contextlib.suppress(KeyboardInterrupt):
+                time.sleep(serve_seconds)
+        return 0 if agree else 1
+    finally:
+        pt.shutdown()
+        log_file.close()

@@ -192,7 +192,7 @@ class Stack:
         self.services["jaeger"] = Service("jaeger", argv, wd, ready=lambda: http_ok(ui), env=env).start()
 
     def _start_temporal(self) -> None:
-        svc = temporal_server(self.workdir / "temporal")
+        svc = temporal_server(self.workdir / "temporal", backlog_interval="5s")
         self.ports["temporal_grpc"] = svc.ports["grpc"]
         self.ports["temporal_metrics"] = svc.ports["metrics"]
         self.services["temporal"] = svc.start()

@@ -47,6 +47,9 @@ __all__ = [
     "temporal_runtime",
 ]
 
+# Raised by activity.raise_complete_async(): the attempt ends here, its outcome comes later.
+_COMPLETE_ASYNC: type[BaseException] | tuple[()] = getattr(temporalio.activity, "_CompleteAsyncError", ())
+
 # Name of the extern function the workflow interceptor calls to record outside the sandbox.
 _EXTERN = "__paid_telemetry_record_workflow"
 
@@ -166,7 +169,7 @@ class _PaidActivityInbound(temporalio.worker.ActivityInboundInterceptor):
             result = await self.next.execute_activity(input)
             outcome = "completed"
             return result
-        except temporalio.activity._CompleteAsyncError:
+        except _COMPLETE_ASYNC:
             outcome = None  # completes later, elsewhere: not an outcome of this attempt
             raise
         except (asyncio.CancelledError, temporalio.exceptions.CancelledError):
