@@ -54,12 +54,15 @@ def configure_telemetry(service_name: str, metrics_port: int) -> paid_telemetry.
 
 
 def _temporal_runtime() -> temporalio.runtime.Runtime | None:
-    """Temporal's own SDK metrics join the pipeline when it is OTLP (one Runtime per process)."""
+    """Temporal's own SDK metrics join the pipeline when it is OTLP (one Runtime per process).
+
+    ``PAID_TEMPORAL_SDK_METRICS=0`` turns them off (a Runtime cannot be stopped: a process that
+    outlives its collector would log export errors every second)."""
     global _runtime
     from paid_telemetry import runtime
     from paid_telemetry.temporal import temporal_runtime
 
-    if runtime.current().settings.exporter != "otlp":
+    if runtime.current().settings.exporter != "otlp" or os.environ.get("PAID_TEMPORAL_SDK_METRICS") == "0":
         return None
     if _runtime is None:
         _runtime = temporal_runtime("otlp")

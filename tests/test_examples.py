@@ -22,15 +22,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import examples
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
-import examples
 from examples import activities
 from examples.api import ApiServer, create_app
 from examples.fake_llm import AGENT_TYPES, MODELS, PROJECTS, FakeLLM
 from examples.worker import build_worker
+from prometheus_client.parser import text_string_to_metric_families
+
 from paid_telemetry.services import REPO, Service, free_port, http_ok, temporal_server
 from tests.conftest import Recorded
 
@@ -223,7 +223,8 @@ def test_processes_configured_by_environment_as_in_compose(server: Service, tmp_
     try:
         deadline = time.monotonic() + 30
         while not (http_ok(f"{base}/healthz") and heartbeat.exists()):
-            assert time.monotonic() < deadline, (tmp_path / "api.log").read_text() + (tmp_path / "worker.log").read_text()
+            logs = (tmp_path / "api.log").read_text() + (tmp_path / "worker.log").read_text()
+            assert time.monotonic() < deadline, logs
             assert all(p.poll() is None for p in procs.values())
             time.sleep(0.2)
         ids = []

@@ -9,12 +9,14 @@ kill its services; the shared session stack is never touched.
 
 from __future__ import annotations
 
+import calendar
 import gc
 import http.server
 import json
 import os
 import socket
 import statistics
+import sys
 import threading
 import time
 import urllib.error
@@ -111,6 +113,7 @@ def test_collector_killed_mid_workload_loses_no_count_and_never_blocks(
     handle = _sdk(fstack, job, span_queue_size=SPAN_QUEUE)
     prom = fstack.prometheus_url
     truth: dict[str, Any] = {"runs": {}, "input": 0, "output": 0, "spans": 0}
+    time.sleep(1.0)  # genai-prices' warm-up thread holds the GIL for ~0.3 s after configure()
     try:
         baseline: list[float] = []
         for i in range(300):
@@ -153,10 +156,13 @@ def test_collector_killed_mid_workload_loses_no_count_and_never_blocks(
     print(f"\noutage: {outage_runs} runs in {OUTAGE_S:.0f}s; one agent_run+record_tokens: p50 {p50 * 1e6:.0f} us, "
           f"p99 {p99 * 1e3:.3f} ms, max {worst * 1e3:.2f} ms (before the outage: p99 "
           f"{_pct(baseline, 0.99) * 1e3:.3f} ms); RSS growth {rss_growth / 2**20:.1f} MiB; span queue {queue_len}")
-    # No call waits for the network: the export timeout is 2 s and retries back off for seconds,
-    # so a call that blocked on the dead collector would take >= 100 ms. p99 < 5 ms leaves room for
-    # the GIL hand-offs to the exporter threads and the other developers' load on two cores.
-    assert p99 < 0.005
+    # No call waits for the network: the export timeout is 2 s and retries back off for 1-4 s, so a
+    # call that blocked on the dead collector would take >= 1 s. What a call can wait for is the GIL:
+    # a background thread (span encoding, metric collection) keeps it up to one switch interval (5 ms),
+    # so p99 is bounded by two switch intervals on this shared 2-core machine, and the worst case
+    # stays far below any network timeout.
+    switch = sys.getswitchinterval()
+    assert p99 < 2 * switch
     assert worst < EXPORT_TIMEOUT_S / 4
     assert queue_len <= SPAN_QUEUE
     # ~75k spans of several kB each would be hundreds of MiB if buffered; only the queue is kept.
@@ -313,6 +319,12 @@ def _alerts(prom: str) -> dict[tuple[str, str], dict[str, Any]]:
     return out
 
 
+def _epoch(rfc3339: str) -> float:
+    """Seconds since the epoch of one of Prometheus' UTC timestamps (``...T09:33:44.8518Z``)."""
+    whole, _, frac = rfc3339.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{frac or 0}")
+
+
 def _range(prom: str, expr: str, start: float, end: float) -> list[tuple[float, str]]:
     q = urllib.parse.urlencode({"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": "1"})
     body = get_json(f"{prom}/api/v1/query_range?{q}")
@@ -395,11 +407,14 @@ def test_prometheus_sigkill_keeps_committed_data_and_alerts_resume(fstack: Stack
     print(f"\nprometheus restart: ready in {restart_s:.2f}s; {len(committed_before)} committed samples kept; "
           f"alert activeAt before {before_alert['activeAt']} after {after_alert['activeAt']}; "
           f"rules: {[f.name for f in rule_files]}")
-    # no misfire: the same alerts in the same states, nothing firing, and the pending one kept its
-    # activeAt (restored from ALERTS_FOR_STATE), so the gap neither fired it early nor restarted its clock
+    # No misfire: the same alerts in the same states and nothing firing. The pending alert's clock
+    # never moves back (which could fire it early): Prometheus restores it from ALERTS_FOR_STATE and,
+    # as its remaining "for" (~10 m) is under --rules.alert.for-grace-period (10 m), restarts it at the
+    # restore, so it waits at least the grace period after a restart.
     assert alerts_after == alerts_before
     assert "firing" not in alerts_after.values()
-    assert after_alert["activeAt"] == before_alert["activeAt"]
+    active_before, active_after = _epoch(before_alert["activeAt"]), _epoch(after_alert["activeAt"])
+    assert active_before < t_kill <= active_after <= time.time()
 
 
 # -- 4. malformed OTLP straight at the collector ------------------------------------------------
@@ -441,6 +456,7 @@ def test_malformed_otlp_does_not_take_the_collector_down(fstack: Stack) -> None:
     valid = _valid_request("fault_probe", 1.0, "paid-malformed")
     garbage = os.urandom(4096)
     statuses: dict[str, int] = {}
+    before = _self_metrics(fstack)
 
     # raw garbage on the gRPC port (not even HTTP/2), then garbage and a truncated message over real gRPC
     with socket.create_connection(("127.0.0.1", fstack.ports["otlp_grpc"]), timeout=5) as s:
@@ -470,9 +486,8 @@ def test_malformed_otlp_does_not_take_the_collector_down(fstack: Stack) -> None:
 
     assert svc.running() and svc.proc.pid == pid  # type: ignore[union-attr]
     assert http_ok(f"http://127.0.0.1:{fstack.ports['collector_health']}/")
-    assert statuses["grpc garbage"] in (grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.INTERNAL.value[0])
-    assert statuses["grpc truncated"] in (grpc.StatusCode.INVALID_ARGUMENT.value[0],
-                                          grpc.StatusCode.INTERNAL.value[0])
+    assert statuses["grpc garbage"] == grpc.StatusCode.INTERNAL.value[0]  # "error unmarshalling request"
+    assert statuses["grpc truncated"] == grpc.StatusCode.INTERNAL.value[0]
     for label in ("http garbage protobuf", "http garbage json", "http truncated protobuf", "http 5 MB garbage"):
         assert statuses[label] == 400, (label, statuses)
     assert statuses["http 25 MiB garbage"] in (400, 413, -1)
@@ -483,14 +498,23 @@ def test_malformed_otlp_does_not_take_the_collector_down(fstack: Stack) -> None:
                    what="the valid export after the garbage")
     assert list(got.values()) == [42.0]
 
-    # the collector's own metrics record the refused requests
-    text = _self_metrics(fstack)
-    bad_http = _sum_lines(text, "http_server_request_duration_seconds_count", 'http_response_status_code="400"')
-    bad_grpc = _sum_lines(text, "rpc_server_call_duration_count", METRICS_EXPORT.lstrip("/"),
-                          'rpc_response_status_code="INVALID_ARGUMENT"')
-    print(f"collector self-metrics: http 400 responses {bad_http}, gRPC INVALID_ARGUMENT {bad_grpc}")
-    assert bad_http >= 4
-    assert bad_grpc >= 2
+    # the collector's own metrics record the rejected requests (as HTTP 400 / gRPC INTERNAL server calls;
+    # they never decode into points, so otelcol_receiver_refused_metric_points does not move)
+    after = _self_metrics(fstack)
+    bad_http = _sum_lines(after, "http_server_request_duration_count", 'http_response_status_code="400"',
+                          'http_route="/v1/metrics"') - _sum_lines(before, "http_server_request_duration_count",
+                                                                    'http_response_status_code="400"',
+                                                                    'http_route="/v1/metrics"')
+    bad_grpc = _sum_lines(after, "rpc_server_call_duration_count", METRICS_EXPORT.lstrip("/"),
+                          'rpc_response_status_code="INTERNAL"') - _sum_lines(
+        before, "rpc_server_call_duration_count", METRICS_EXPORT.lstrip("/"), 'rpc_response_status_code="INTERNAL"')
+    refused = _sum_lines(after, "otelcol_receiver_refused_metric_points") - _sum_lines(
+        before, "otelcol_receiver_refused_metric_points")
+    print(f"collector self-metrics: +{bad_http:.0f} HTTP 400 on /v1/metrics, +{bad_grpc:.0f} gRPC INTERNAL, "
+          f"+{refused:.0f} refused points")
+    assert 4 <= bad_http <= 5  # the 25 MiB body may be cut off before a status is recorded
+    assert bad_grpc == 2
+    assert refused == 0
 
 
 # -- configure() with a span queue smaller than the SDK's default batch ------------------------

@@ -18,6 +18,7 @@ import contextlib
 import importlib
 import json
 import math
+import os
 import shutil
 import socket
 import sys
@@ -258,8 +259,9 @@ def render(reports: list[RunReport], view: MetricsView, costly: str) -> tuple[st
                      f" {int(view.tokens.get(project, 0)):>12,} {view.cost_cents.get(project, 0) / 100:>9.2f}")
         tot.update({"runs": int(n), "completed": int(done), "failed": int(failed)})
     all_durations = [r.duration_seconds for r in reports]
-    lines.append(f"  {'total':<16} {tot['runs']:>5} {tot['completed']:>10} {tot['failed']:>7} {p95(all_durations):>7.2f}"
-                 f" {int(sum(view.tokens.values())):>12,} {sum(view.cost_cents.values()) / 100:>9.2f}")
+    lines.append(f"  {'total':<16} {tot['runs']:>5} {tot['completed']:>10} {tot['failed']:>7}"
+                 f" {p95(all_durations):>7.2f} {int(sum(view.tokens.values())):>12,}"
+                 f" {sum(view.cost_cents.values()) / 100:>9.2f}")
     bound = bucket_bound(view.duration_buckets)
     lines += [
         "",
@@ -267,7 +269,10 @@ def render(reports: list[RunReport], view: MetricsView, costly: str) -> tuple[st
         f"paid_agent_run_duration_seconds buckets (60 s and up, sized for real agents) only say p95 <= {bound:g} s.",
         "Truth from the workflows: " + " ".join(f"{s}={n}" for s, n in sorted(truth.items())),
     ]
-    metric_status = Counter({s: int(v) for (_p, s), v in view.runs.items() if v})
+    metric_status: Counter[str] = Counter()
+    for (_p, status), v in view.runs.items():
+        metric_status[status] += int(v)
+    metric_status = +metric_status  # drop zero counts
     per_project = {(r.project_id, r.status) for r in reports}
     agree = metric_status == truth and all(
         view.runs.get(key, 0) == sum(1 for r in reports if (r.project_id, r.status) == key) for key in per_project
@@ -330,6 +335,8 @@ def main(runs: int = DEFAULT_RUNS, serve_seconds: float = 0.0, stack: str = "aut
     workdir = Path(tempfile.mkdtemp(prefix="paid-demo-"))
     recorded = _recorded_stack(stack_dir or REPO / ".stack") if stack == "auto" else None
     if stack == "start":
+        # the stack stops before this process exits, and Temporal's SDK metrics Runtime cannot be stopped
+        os.environ["PAID_TEMPORAL_SDK_METRICS"] = "0"
         print("Starting the local stack (collector, Jaeger, Prometheus, Alertmanager, Temporal)...", file=err)
         ctx: contextlib.AbstractContextManager[Target] = _started_stack(workdir)
     elif recorded is not None:
@@ -387,8 +394,7 @@ def _run(target: Target, runs: int, serve_seconds: float, workdir: Path, out: Te
         print(table, file=out)
         if not handle.prometheus_url:
             print("", file=out)
-            print(f"Try in Prometheus: sum by (project_id) (rate(paid_cost_cents_total[5m]))  at {target.prometheus_url}",
-                  file=out)
+            print(f"Try in Prometheus ({target.prometheus_url}): sum by (project_id) (paid_cost_cents_total)", file=out)
             print(f"Traces: {target.jaeger_url}/search?service={DEMO_SERVICE}", file=out)
         out.flush()
         if serve_seconds:
