@@ -10,22 +10,32 @@ PY="${PYTHON:-python3}"
 
 need_apt=()
 for pair in prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
-            amtool:prometheus-alertmanager prometheus-node-exporter:prometheus-node-exporter; do
+            amtool:prometheus-alertmanager prometheus-node-exporter:prometheus-node-exporter \
+            prometheus-postgres-exporter:prometheus-postgres-exporter; do
   bin="${pair%%:*}"; pkg="${pair##*:}"
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+# PostgreSQL (for postgres-exporter's dashboards panels): initdb is not on PATH, look for it.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
     echo "install: apt-get install ${need_apt[*]}" >&2
+    # Debian would start the packaged daemons (on public interfaces) right after install; the
+    # stack runs its own copies on loopback, so forbid service starts during the install.
+    policy_added=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_added=1
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    if [ "$policy_added" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
   else
     echo "install: missing ${need_apt[*]}; run as root: apt-get install ${need_apt[*]}" >&2
     exit 1
   fi
 fi
-# Debian starts the packaged daemons on install; the stack runs its own copies on free ports.
-for svc in prometheus prometheus-alertmanager prometheus-node-exporter; do
+# Should a packaged daemon run anyway (installed earlier by hand), stop it.
+for svc in prometheus prometheus-alertmanager prometheus-node-exporter prometheus-postgres-exporter postgresql; do
   (command -v systemctl >/dev/null && systemctl stop "$svc" 2>/dev/null) || true
 done
 

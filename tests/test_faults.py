@@ -37,7 +37,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 import paid_telemetry as pt
 from paid_telemetry.services import http_ok
 from paid_telemetry.stack import Stack
-from tests.promapi import get_json, query, series, wait_for
+from tests.promapi import get_json, series, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -191,7 +191,7 @@ def test_collector_killed_mid_workload_loses_no_count_and_never_blocks(
 
     # Every span is accounted for: started = handed to the exporter + dropped on a full queue, and
     # handed to the exporter = exported + failed (the OTLP exporter counts failures by error type).
-    def span_accounting() -> dict[str, float] | None:
+    def span_accounting() -> dict[str, Any] | None:
         sel = f'job="{job}"'
         started = sum(series(prom, f"otel_sdk_span_started_total{{{sel}}}").values())
         processed = series(prom, f'otel_sdk_processor_span_processed_total{{{sel}}}', drop=("job", "instance",
@@ -213,16 +213,14 @@ def test_collector_killed_mid_workload_loses_no_count_and_never_blocks(
     print(f"spans: {acct}")
     assert acct["queue_full"] > 0  # the outage overflowed the queue, and it says so
     assert acct["export_failed"] > 0  # the batches sent to the dead collector are counted too
-    # What survives the outage is bounded by the queue: at most the queue plus the batch in flight.
-    outage_kept = acct["exported"] - 300 - 100
-    assert outage_kept <= 2 * SPAN_QUEUE, acct
+    assert acct["exported"] <= 300 + 100 + SPAN_QUEUE  # of the outage's spans, at most a queue's worth survives
 
 
 # -- 2. collector down at start, collector slow: shutdown() stays within its bound -------------
 class _SlowHTTP(http.server.BaseHTTPRequestHandler):
     delay_s = 30.0
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         time.sleep(self.delay_s)
         try:
@@ -242,7 +240,7 @@ def _slow_grpc_server(delay_s: float) -> tuple[grpc.Server, int]:
         time.sleep(delay_s)
         return b""
 
-    class Generic(grpc.GenericRpcHandler):
+    class Generic(grpc.GenericRpcHandler):  # type: ignore[misc]
         def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(slow)
 

@@ -50,6 +50,14 @@ def _cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dashboards(args: argparse.Namespace) -> int:
+    from paid_telemetry.dashboards import write_all
+
+    for path in write_all(Path(args.directory)):
+        print(path)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from paid_telemetry.demo import main as demo_main
 
@@ -75,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("stack", help="the local stack: collector, Jaeger, Prometheus, Alertmanager, Temporal")
     st.add_argument("action", choices=["up", "down", "status"])
     st.set_defaults(func=_cmd_stack)
+    dash = sub.add_parser("dashboards", help="regenerate the Grafana dashboards from paid_telemetry.dashboards")
+    dash.add_argument("directory", nargs="?", default=str(REPO / "grafana" / "dashboards"))
+    dash.set_defaults(func=_cmd_dashboards)
     docs = sub.add_parser("docs", help="print generated docs")
     docs.add_argument("what", choices=["metrics"])
     docs.set_defaults(func=_cmd_docs)

@@ -54,7 +54,7 @@ OTELCOL_RSS = "otelcol_process_memory_rss"
 EXTERNAL_METRICS = external_metrics.EXTERNAL_METRICS
 
 # Workflow statuses that count as failing (catalogue.WORKFLOW_STATUSES minus the good ones).
-FAILING_WORKFLOW = "failed|timed_out|terminated"
+FAILING_WORKFLOW = "failed|timed_out"  # as WorkflowFailureRateHigh counts them; terminated is an operator's act
 
 
 # -- builder -----------------------------------------------------------------------------
@@ -308,7 +308,7 @@ def overview() -> dict[str, Any]:
         timeseries("Workflows completing vs failing", [
             target(per_min('paid_workflow_completed_total{status=~"completed|continued_as_new"}'), "completing"),
             target(per_min(f'paid_workflow_completed_total{{status=~"{FAILING_WORKFLOW}"}}'), "failing"),
-        ], "opm", description="Workflow executions ending per minute; failing = failed, timed out or terminated.",
+        ], "opm", description="Workflow executions ending per minute; failing = failed or timed out (as the WorkflowFailureRateHigh alert counts).",
             links=[link("Workflows", "paid-workflows")]),
         row("Spend and health"),
         bargauge("Spend last 24h vs daily budget", [target(

@@ -321,8 +321,11 @@ def _embedded_temporal(workdir: Path) -> Iterator[Target]:
 def _started_stack(workdir: Path) -> Iterator[Target]:
     from paid_telemetry.stack import Stack
 
-    with Stack(workdir / "stack", scrape_interval="2s", evaluation_interval="2s") as s:
-        yield _stack_target(s, "stack (started for this demo)")
+    try:
+        with Stack(workdir / "stack", scrape_interval="2s", evaluation_interval="2s") as s:
+            yield _stack_target(s, "stack (started for this demo)")
+    finally:
+        shutil.rmtree(workdir / "stack", ignore_errors=True)
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -334,9 +337,10 @@ def main(runs: int = DEFAULT_RUNS, serve_seconds: float = 0.0, stack: str = "aut
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="paid-demo-"))
     recorded = _recorded_stack(stack_dir or REPO / ".stack") if stack == "auto" else None
+    # No Temporal SDK metrics Runtime in this short-lived process: it cannot be stopped, and its
+    # last exports fail noisily at exit (the examples' long-running worker and API do export them).
+    os.environ.setdefault("PAID_TEMPORAL_SDK_METRICS", "0")
     if stack == "start":
-        # the stack stops before this process exits, and Temporal's SDK metrics Runtime cannot be stopped
-        os.environ["PAID_TEMPORAL_SDK_METRICS"] = "0"
         print("Starting the local stack (collector, Jaeger, Prometheus, Alertmanager, Temporal)...", file=err)
         ctx: contextlib.AbstractContextManager[Target] = _started_stack(workdir)
     elif recorded is not None:

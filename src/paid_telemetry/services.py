@@ -34,6 +34,8 @@ INSTALL_HINTS = {
     "otelcol-paid": "bash scripts/build-collector.sh  (needs Go; caches the binary)",
     "jaeger": "bash scripts/build-collector.sh  (builds Jaeger too)",
     "prometheus-node-exporter": "apt-get install -y prometheus-node-exporter",
+    "prometheus-postgres-exporter": "apt-get install -y prometheus-postgres-exporter",
+    "initdb": "apt-get install -y postgresql  (initdb lives in /usr/lib/postgresql/<version>/bin)",
 }
 
 
