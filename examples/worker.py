@@ -41,27 +41,38 @@ def build_worker(client: Client, *, queue: str | None = None) -> Worker:
     )
 
 
-async def heartbeat(path: Path, interval_s: float = HEARTBEAT_INTERVAL_S) -> None:
-    """Touch ``path`` every ``interval_s`` until cancelled."""
+async def heartbeat(path: Path, worker: Worker, interval_s: float = HEARTBEAT_INTERVAL_S) -> None:
+    """Touch ``path`` every ``interval_s`` while ``worker`` runs: a dead worker goes stale."""
+    last = -interval_s
+    loop = asyncio.get_running_loop()
     while True:
-        path.touch()
-        await asyncio.sleep(interval_s)
+        if worker.is_running and loop.time() - last >= interval_s:
+            path.touch()
+            last = loop.time()
+        await asyncio.sleep(min(1.0, interval_s))
 
 
 async def run(stop: asyncio.Event) -> None:
+    """Poll until ``stop`` is set (then shut down gracefully) or the worker fails (then raise)."""
     client = await connect()
+    worker = build_worker(client)
+    polling = asyncio.create_task(worker.run())
     beat_file = os.environ.get("PAID_WORKER_HEARTBEAT_FILE")
-    beat = asyncio.create_task(heartbeat(Path(beat_file))) if beat_file else None
+    beat = asyncio.create_task(heartbeat(Path(beat_file), worker)) if beat_file else None
+    stopping = asyncio.create_task(stop.wait())
+    log.info("worker polling", task_queue=task_queue())
     try:
-        async with build_worker(client):
-            log.info("worker polling", task_queue=task_queue())
-            await stop.wait()
+        await asyncio.wait({polling, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not polling.done():
             log.info("worker stopping")
+            await worker.shutdown()
+        await polling  # raises the worker's fatal error, if that is why we stopped
     finally:
-        if beat is not None:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+        for task in (beat, stopping):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 def main() -> None:

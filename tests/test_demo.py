@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from paid_telemetry.demo import bucket_bound, p95
-from paid_telemetry.services import REPO, http_ok
+from paid_telemetry.services import http_ok
 
 ROW = re.compile(r"^  (acme|globex \(costly\)|initech|total)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)$")
 

@@ -411,9 +411,8 @@ async def test_sdk_metrics_otlp_mode(tel: Captured, server: Service) -> None:
 # -- queue depth: the server's backlog gauge ------------------------------------------------------------
 @pytest.mark.e2e
 async def test_queue_depth_signal_is_servers_approximate_backlog_count(tel: Captured, tmp_path: Path) -> None:
-    srv = temporal_server(tmp_path / "temporal-backlog")
     # Default emit interval is 1 minute; shorten it so the test sees the gauge quickly.
-    srv.argv = [*srv.argv, "--dynamic-config-value", 'matching.backlogMetricsEmitInterval="1s"']
+    srv = temporal_server(tmp_path / "temporal-backlog", backlog_interval="1s")
     srv.start()
     try:
         client = await Client.connect(address(srv), interceptors=[TelemetryInterceptor()])

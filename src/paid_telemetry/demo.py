@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -366,6 +367,7 @@ def _run(target: Target, runs: int, serve_seconds: float, workdir: Path, out: Te
     log_path = workdir / "demo.log"
     log_file = log_path.open("a")
     configure_logging(json=True, stream=log_file)  # the platform's JSON lines; OTLP copies in stack mode
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo's own client, not the platform
     fake_llm = _examples("fake_llm")
     sessions = plan(runs)
 
