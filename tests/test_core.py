@@ -362,3 +362,35 @@ def test_catalogue_prometheus_names_are_the_records() -> None:
     assert names["paid_workflow_completed"] == "paid_workflow_completed_total"
     assert names["paid_quality_score"] == "paid_quality_score"
     assert len(set(names.values())) == len(names)
+
+
+FOREIGN_PROVIDERS = """
+import logging, sys
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+reader, spans = InMemoryMetricReader(), InMemorySpanExporter()
+tp = TracerProvider(); tp.add_span_processor(SimpleSpanProcessor(spans))
+trace.set_tracer_provider(tp); metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+logging.basicConfig(level=logging.DEBUG, stream=sys.stdout, format="%(message)s")
+import paid_telemetry as pt
+handle = pt.configure(exporter="none", handle_sigterm=False)
+with pt.agent_run(project_id="p", agent_type="a"):
+    pass
+names = {m.name for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+print("METRICS", "paid_agent_runs" in names, "SPANS", [s.name for s in spans.get_finished_spans()],
+      "OWNS", handle.owns_providers)
+"""
+
+
+def test_providers_installed_by_another_tool_are_reused() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FOREIGN_PROVIDERS], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "reusing the global tracer and meter providers another tool installed" in out.stdout
+    assert "METRICS True SPANS ['invoke_agent a'] OWNS False" in out.stdout

@@ -308,7 +308,8 @@ def overview() -> dict[str, Any]:
         timeseries("Workflows completing vs failing", [
             target(per_min('paid_workflow_completed_total{status=~"completed|continued_as_new"}'), "completing"),
             target(per_min(f'paid_workflow_completed_total{{status=~"{FAILING_WORKFLOW}"}}'), "failing"),
-        ], "opm", description="Workflow executions ending per minute; failing = failed or timed out (as the WorkflowFailureRateHigh alert counts).",
+        ], "opm", description="Workflow executions ending per minute; failing = failed or timed out "
+                              "(as the WorkflowFailureRateHigh alert counts).",
             links=[link("Workflows", "paid-workflows")]),
         row("Spend and health"),
         bargauge("Spend last 24h vs daily budget", [target(

@@ -72,7 +72,9 @@ class Telemetry:
         self._create_instruments(meter)
         if not noop:
             # genai-prices loads its price table on first use (~150 ms): do it off the hot path.
-            threading.Thread(target=self.prices.warm_up, name="paid-telemetry-prices", daemon=True).start()
+            # Not a daemon: a daemon thread killed inside its Rust extension at interpreter exit
+            # aborts the process ("FATAL: exception not rethrown"); exit waits for it instead.
+            threading.Thread(target=self.prices.warm_up, name="paid-telemetry-prices", daemon=False).start()
 
     # -- providers ---------------------------------------------------------------------
     def _build_providers(
