@@ -30,11 +30,11 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
-from tests import temporal_app as app  # noqa: E402
 
 import paid_telemetry  # noqa: E402
 from paid_telemetry.services import temporal_server  # noqa: E402
 from paid_telemetry.temporal import TelemetryInterceptor, sandbox_runner  # noqa: E402
+from tests import temporal_app as app  # noqa: E402
 
 
 class _Discard(SpanExporter):

@@ -22,15 +22,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import examples
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import examples
 from examples import activities
 from examples.api import ApiServer, create_app
 from examples.fake_llm import AGENT_TYPES, MODELS, PROJECTS, FakeLLM
 from examples.worker import build_worker
-from prometheus_client.parser import text_string_to_metric_families
-
 from paid_telemetry.services import REPO, Service, free_port, http_ok, temporal_server
 from tests.conftest import Recorded
 
