@@ -39,8 +39,11 @@ for svc in prometheus prometheus-alertmanager prometheus-node-exporter prometheu
   (command -v systemctl >/dev/null && systemctl stop "$svc" 2>/dev/null) || true
 done
 
-if ! "$PY" -c "import paid_telemetry, temporalio, pytest, hypothesis, uvicorn" 2>/dev/null \
-   || [ "${PAID_TELEMETRY_REINSTALL:-0}" = "1" ]; then
+# Reinstall when the installed paid_telemetry is not this checkout's (an editable install of
+# another clone would otherwise be tested instead of this one).
+installed_from="$("$PY" -c "import paid_telemetry, temporalio, pytest, hypothesis, uvicorn, os; \
+print(os.path.realpath(os.path.dirname(paid_telemetry.__file__)))" 2>/dev/null || true)"
+if [ "$installed_from" != "$(realpath "$here/src/paid_telemetry")" ] || [ "${PAID_TELEMETRY_REINSTALL:-0}" = "1" ]; then
   echo "install: pip install -e .[dev]" >&2
   "$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"
 fi
