@@ -55,6 +55,27 @@ def make_recorded(**settings: Any) -> Recorded:
     return Recorded(handle, reader, exporter)
 
 
+@pytest.fixture(autouse=True)
+def _isolate_logging() -> Iterator[None]:
+    """configure_logging() changes process-wide state (structlog, the root handler, the
+    end-of-run hook); undo it after each test so one test's logging never slows another."""
+    import logging
+
+    import structlog
+
+    from paid_telemetry.agents import RUN_END_HOOKS
+
+    hooks = list(RUN_END_HOOKS)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    RUN_END_HOOKS[:] = hooks
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+    structlog.reset_defaults()
+
+
 @pytest.fixture
 def recorded() -> Iterator[Recorded]:
     rec = make_recorded()

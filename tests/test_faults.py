@@ -58,13 +58,11 @@ def fstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture
 def sdk_self_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The OTel SDK's own span-pipeline metrics are off unless this variable is set (read at set-up).
-
-    OTEL_BSP_MAX_EXPORT_BATCH_SIZE: the SDK refuses a span queue smaller than its export batch
-    (512), and configure() does not cap the batch yet (see the xfail test at the end).
-    """
-    monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
-    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", str(SPAN_QUEUE))
+    """No help from the environment: configure() itself turns the OTel SDK's span-pipeline
+    metrics on (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED) and caps the export batch at
+    span_queue_size (the SDK refuses a queue smaller than its default batch of 512)."""
+    monkeypatch.delenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", raising=False)
+    monkeypatch.delenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", raising=False)
 
 
 def _rss_bytes() -> int:
@@ -303,7 +301,7 @@ def test_shutdown_is_bounded_when_the_collector_is_down_or_slow(case: str) -> No
     print(f"\n{case}: configure {configure_s * 1e3:.0f} ms, record p99 {p99 * 1e3:.3f} ms, "
           f"shutdown {shutdown_s:.2f} s (bound {bound} s, export timeout 10 s)")
     assert configure_s < 1.0
-    assert p99 < 0.005
+    assert p99 < 2 * sys.getswitchinterval()  # at most a GIL hand-off from an exporter thread (see above)
     # the export timeout (10 s) is longer than the bound: only shutdown()'s own deadline can explain this
     assert shutdown_s < bound + 0.5
 
@@ -516,8 +514,6 @@ def test_malformed_otlp_does_not_take_the_collector_down(fstack: Stack) -> None:
 
 
 # -- configure() with a span queue smaller than the SDK's default batch ------------------------
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="runtime.py passes no max_export_batch_size: the SDK's 512 > span_queue_size raises")
 def test_small_span_queue_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", raising=False)
     try:

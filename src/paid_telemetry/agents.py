@@ -20,6 +20,7 @@ from paid_telemetry import runtime
 from paid_telemetry._wrap import argument_getter, decorate
 from paid_telemetry.catalogue import AGENT_ITERATIONS, QUALITY_SCORE
 from paid_telemetry.costs import record_usage
+from paid_telemetry.guard import safe_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,7 +86,13 @@ class AgentRun:
     # -- recording ---------------------------------------------------------------------
     def iteration(self, n: int = 1) -> None:
         """Count one (or ``n``) agent loop iterations."""
-        self.iterations += n
+        if type(n) is int and n >= 0:
+            self.iterations += n
+            return
+        t = self._t or runtime.current()
+        value = t.guard.amount(AGENT_ITERATIONS.name, n)  # reports; raises only when strict
+        if value is not None:
+            self.iterations += int(value)
 
     def record_tokens(
         self,
@@ -122,13 +129,13 @@ class AgentRun:
                 self.run_id = os.urandom(8).hex()
             attrs: dict[str, Any] = {
                 "gen_ai.operation.name": "invoke_agent",
-                "gen_ai.agent.name": str(self.agent_type),
+                "gen_ai.agent.name": safe_text(self.agent_type),
                 "paid.agent_run.id": self.run_id,
-                "paid.project_id": str(self.project_id),
+                "paid.project_id": safe_text(self.project_id),
             }
             if self.attributes:
                 attrs.update(self.attributes)
-            span = self._span = t.tracer.start_span(f"invoke_agent {self.agent_type}", attributes=attrs)
+            span = self._span = t.tracer.start_span(f"invoke_agent {attrs['gen_ai.agent.name']}", attributes=attrs)
             self._otel_token = otel_context.attach(otel_trace.set_span_in_context(span))
             self._ctx_token: Token[AgentRun | None] | None = _CURRENT_RUN.set(self)
         except Exception as exc:

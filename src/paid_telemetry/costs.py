@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from paid_telemetry.catalogue import COST_CENTS, TOKENS
+from paid_telemetry.guard import safe_text
 
 if TYPE_CHECKING:
     from paid_telemetry.runtime import Telemetry
@@ -106,8 +107,9 @@ def record_usage(
 ) -> tuple[float, float, float | None]:
     """Record tokens and cost; returns what was accepted (for span attributes)."""
     guard = t.guard
-    tin = guard.amount(TOKENS.name, input_tokens) if input_tokens else 0
-    tout = guard.amount(TOKENS.name, output_tokens) if output_tokens else 0
+    # None means "the client reported no usage"; 0 is a real zero; anything else is checked.
+    tin = 0 if input_tokens is None or input_tokens == 0 else guard.amount(TOKENS.name, input_tokens)
+    tout = 0 if output_tokens is None or output_tokens == 0 else guard.amount(TOKENS.name, output_tokens)
     if tin:
         t.tokens.add(tin, t.token_labels.get((project_id, provider, model, "input")))
     if tout:
@@ -117,7 +119,8 @@ def record_usage(
         if type(provider) is str and type(model) is str:
             cents = t.prices.cents(provider, model, tin or 0, tout or 0)
         if cents is None:
-            guard.report(COST_CENTS.name, "unpriced_model", f"{str(provider)[:40]}/{str(model)[:60]}", may_raise=False)
+            detail = f"{safe_text(provider)[:40]}/{safe_text(model)[:60]}"
+            guard.report(COST_CENTS.name, "unpriced_model", detail, may_raise=False)
             return tin or 0, tout or 0, None
     else:
         cents = guard.amount(COST_CENTS.name, cost_cents)

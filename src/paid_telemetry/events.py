@@ -127,7 +127,7 @@ class WorkflowScope(_Scope):
     def _end(self, t: runtime.Telemetry, elapsed: float, exc: BaseException | None) -> None:
         status = self.status or exit_status(exc)
         t.workflow_completed.add(1, t.workflow_status_labels.get((self.workflow_type, status)))
-        t.workflow_duration.record(elapsed, t.workflow_labels.get((self.workflow_type,)))
+        t.workflow_duration.record(elapsed, t.workflow_hist_labels.get((self.workflow_type,)))
         if status == "failed":
             self._fail_span(exc)
 

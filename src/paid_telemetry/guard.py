@@ -21,6 +21,16 @@ OVERFLOW = "_overflow"
 MAX_COUNT = 1e12  # one call never legitimately records more tokens, cents or seconds than this
 
 
+def safe_text(value: Any) -> str:
+    """str() that never raises: a broken ``__str__`` must not lose a record."""
+    if type(value) is str:
+        return value
+    try:
+        return str(value)
+    except Exception:
+        return UNKNOWN
+
+
 class TelemetryInputError(ValueError):
     """Raised for bad input only when paid-telemetry runs with ``strict=True``."""
 
@@ -87,7 +97,7 @@ class Guard:
             return None
         try:
             number = float(value)  # Decimal, numpy scalars, numeric strings
-        except (TypeError, ValueError, OverflowError):
+        except Exception:  # TypeError, ValueError, OverflowError, or a broken __float__
             self.report(instrument, "wrong_type", type(value).__name__)
             return None
         return self.amount(instrument, number)
@@ -110,7 +120,7 @@ class Guard:
                 self.report(instrument, "wrong_type", type(value).__name__)
                 if value is None:
                     return UNKNOWN
-            value = str(value)
+            value = safe_text(value)
         if not value or value.isspace():
             self.report(instrument, "empty_label", repr(value))
             return UNKNOWN
@@ -162,7 +172,7 @@ class LabelSets:
             allowed = self._closed.get(key)
             if allowed is not None:
                 if raw not in allowed:
-                    guard.report(name, "invalid_value", f"{key}={str(raw)[:40]!r}")
+                    guard.report(name, "invalid_value", f"{key}={safe_text(raw)[:40]!r}")
                     raw = OTHER
                 clean.append(raw)
             else:

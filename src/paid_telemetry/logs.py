@@ -17,7 +17,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -438,12 +438,11 @@ def _configure_stdlib(
 
 
 def _register_run_end_hook() -> None:
-    """Register log_run_end with agents.py when it offers end-of-run hooks (see report/docs)."""
-    from paid_telemetry import agents
+    """Have every agent run end with the record's "Agent run completed" line."""
+    from paid_telemetry.agents import RUN_END_HOOKS
 
-    hooks: list[Callable[..., Any]] | None = getattr(agents, "RUN_END_HOOKS", None)
-    if hooks is not None and log_run_end not in hooks:
-        hooks.append(log_run_end)
+    if log_run_end not in RUN_END_HOOKS:
+        RUN_END_HOOKS.append(log_run_end)
 
 
 # -- agent runs -------------------------------------------------------------------------

@@ -185,9 +185,12 @@ class Telemetry:
             exporter = ConsoleSpanExporter()
         else:
             return []
+        # The SDK reports spans dropped (queue full) or failed to export only when asked to;
+        # paid-telemetry asks, so a collector outage is never silent (otel_sdk_processor_span_*).
+        os.environ.setdefault("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
         return [
             BatchSpanProcessor(
-                exporter, max_queue_size=s.span_queue_size,
+                exporter, max_queue_size=s.span_queue_size, max_export_batch_size=min(512, s.span_queue_size),
                 export_timeout_millis=s.export_timeout_s * 1000, meter_provider=mp,
             )
         ]
@@ -270,6 +273,7 @@ class Telemetry:
         self.token_labels = LabelSets(cat.TOKENS, g, {"type": cat.TOKEN_TYPES}, track)
         self.cost_labels = LabelSets(cat.COST_CENTS, g, None, track)
         self.workflow_labels = LabelSets(cat.WORKFLOW_STARTED, g)
+        self.workflow_hist_labels = LabelSets(cat.WORKFLOW_DURATION, g)
         self.workflow_status_labels = LabelSets(cat.WORKFLOW_COMPLETED, g, {"status": cat.WORKFLOW_STATUSES})
         self.activity_labels = LabelSets(cat.ACTIVITY_DURATION, g)
         self.activity_outcome_labels = LabelSets(cat.ACTIVITY_EXECUTIONS, g, {"outcome": cat.ACTIVITY_OUTCOMES})

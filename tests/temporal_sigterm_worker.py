@@ -1,0 +1,35 @@
+"""A bare worker process for tests/test_temporal_faults.py: no signal handling of its own.
+
+Usage (from the repo root): python -m tests.temporal_sigterm_worker ADDRESS TASK_QUEUE OTLP_ENDPOINT SERVICE_NAME
+It pushes over OTLP with a 10-minute export interval, so only paid-telemetry's SIGTERM
+handler (``handle_sigterm=True``: flush, then die of the signal) can deliver what it
+recorded. Prints "ready" once it polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+import paid_telemetry
+from paid_telemetry.temporal import TelemetryInterceptor, sandbox_runner
+from tests.temporal_app import ACTIVITIES, WORKFLOWS
+
+
+async def main(address: str, task_queue: str, endpoint: str, service_name: str) -> None:
+    paid_telemetry.configure(exporter="otlp", otlp_endpoint=endpoint, service_name=service_name,
+                             metric_export_interval_ms=600_000, handle_sigterm=True, log_format="off")
+    client = await Client.connect(address, interceptors=[TelemetryInterceptor()])
+    worker = Worker(
+        client, task_queue=task_queue, workflows=WORKFLOWS, activities=ACTIVITIES, workflow_runner=sandbox_runner()
+    )
+    async with worker:
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:5]))
