@@ -7,7 +7,8 @@ export PATH := $(dir $(shell command -v $(PY))):$(PATH)
 install:
 	bash scripts/install.sh
 
-demo: install
+demo:  ## the embedded demo needs no collector build (`demo --stack` builds it on first use)
+	PAID_TELEMETRY_SKIP_GO=1 bash scripts/install.sh
 	$(PY) -m paid_telemetry.cli demo
 
 test: install
