@@ -90,6 +90,19 @@ def strict_recorded() -> Iterator[Recorded]:
     pt.shutdown()
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Temporal dev server of its own for each test module that asks for one."""
+    from paid_telemetry.services import temporal_server
+
+    srv = temporal_server(tmp_path_factory.mktemp("temporal"))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The real local stack (collector, Jaeger, Prometheus, Temporal) for the whole session."""

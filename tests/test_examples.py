@@ -18,7 +18,6 @@ import time
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +30,12 @@ from examples import activities
 from examples.api import ApiServer, create_app
 from examples.fake_llm import AGENT_TYPES, MODELS, PROJECTS, FakeLLM
 from examples.worker import build_worker
-from paid_telemetry.services import REPO, Service, free_port, http_ok, temporal_server
+from paid_telemetry.services import REPO, Service, free_port, http_ok
 from tests.conftest import Recorded
 
 pytestmark = pytest.mark.e2e
 WORKFLOW = "AgentSessionWorkflow"
 TERMINAL = {"completed", "failed", "cancelled", "terminated", "timed_out"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    srv = temporal_server(tmp_path_factory.mktemp("temporal"))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def address(srv: Service) -> str:

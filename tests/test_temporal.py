@@ -39,16 +39,6 @@ TESTS = Path(__file__).resolve().parent
 
 
 # -- fixtures and helpers -------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    srv = temporal_server(tmp_path_factory.mktemp("temporal"))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
 def address(srv: Service) -> str:
     return f"127.0.0.1:{srv.ports['grpc']}"
 
