@@ -152,10 +152,10 @@ def test_ingest_lag_and_scrape_time(stack: Stack, otlp_sdk: InMemorySpanExporter
     assert lag < 10
     scrape = query(prom, 'scrape_duration_seconds{job="otel-collector"}')
     assert scrape and float(scrape[0]["value"][1]) < 5.0  # the record's target
-    up = series(prom, "up", drop=("instance",))
-    assert up[(("job", "otel-collector"),)] == 1
-    assert up[(("job", "otel-collector-self"),)] == 1
-    assert up[(("job", "prometheus"),)] == 1
+    jobs = {"otel-collector", "otel-collector-self", "prometheus", "jaeger", "temporal"}
+    up = wait_for(lambda: (lambda s: s if {dict(k)["job"] for k in s} >= jobs else None)(
+        series(prom, "up == 1", drop=("instance",))), timeout=20, what="every pipeline target up")
+    assert {dict(k)["job"] for k in up} >= jobs
 
 
 SIGTERM_SCRIPT = textwrap.dedent("""
