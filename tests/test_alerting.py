@@ -50,6 +50,7 @@ SEVERITY = {
     "CollectorRefusingData": "warning",
     "CollectorExportFailing": "warning",
     "TelemetryRecordsDropped": "warning",
+    "TelemetrySpansDropped": "warning",
 }
 # Events, not states: an OOM kill is never a flap, it pages at once.
 NO_FOR = {"ContainerOOMKilled"}
@@ -188,6 +189,13 @@ MUTATIONS = [
     ("watchers.yml", "or\n          sum by (instrument, reason) (paid_telemetry_dropped_records_total unless "
                      "paid_telemetry_dropped_records_total offset 10m) > 0", ""),
     ("watchers.yml", "up == 0\n        for: 5m", "up == 0\n        for: 1m"),
+    # TelemetrySpansDropped: a loss series new in the window counts whole; successful exports never count.
+    ("watchers.yml", "unless otel_sdk_processor_span_processed_total offset 10m)",
+     "unless otel_sdk_processor_span_processed_total)"),
+    ("watchers.yml", "unless otel_sdk_exporter_span_exported_total offset 10m)",
+     "unless otel_sdk_exporter_span_exported_total)"),
+    ("watchers.yml", 'increase(otel_sdk_exporter_span_exported_total{error_type!=""}[10m])',
+     "increase(otel_sdk_exporter_span_exported_total[10m])"),
 ]
 
 

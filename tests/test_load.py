@@ -232,8 +232,8 @@ async def test_load_totals_exact_collector_balanced_no_drops(
             last: dict[str, Any] = {}
 
             def matches() -> bool:
-                last["got"] = actual()
-                return last["got"] == expected
+                got = last["got"] = actual()
+                return got == expected
 
             try:
                 wait_for(matches, timeout=60, interval=0.25, what="Prometheus totals equal to the truth")

@@ -88,9 +88,10 @@ async def test_server_restart_with_persistent_db_resumes_and_counts_once(fstack:
             await asyncio.to_thread(restarted.start)
 
             # the persistent db kept them: still running after the restart, then resumed
-            for h in waiters:
-                await h.signal(app.SignalWorkflow.proceed)
-            results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in timers + waiters)), 90)
+            for w in waiters:
+                await w.signal(app.SignalWorkflow.proceed)
+            pending = [t.result() for t in timers] + [w.result() for w in waiters]
+            results = await asyncio.wait_for(asyncio.gather(*pending), 90)
             assert results == ["done timer"] * n_timer + ["done signal"] * n_signal
             for h in timers:
                 desc = await h.describe()

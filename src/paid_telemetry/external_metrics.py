@@ -24,6 +24,16 @@ OTELCOL_EXPORTER_FAILED = (
     "otelcol_exporter_send_failed_log_records",
 )
 
+# The OpenTelemetry Python SDK's own span-pipeline metrics (opentelemetry-sdk 1.45, enabled by
+# paid-telemetry's runtime via OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED), pushed with the service's
+# metrics and seen in Prometheus through our collector with the service's job/instance
+# (tests/test_faults.py). Labels: otel_component_type, otel_component_name; processed has
+# error_type="queue_full" (or "already_shutdown") for spans dropped before export, none for spans
+# handed to the exporter; exported has error_type=<exception class> (e.g. _InactiveRpcError) for
+# failed exports, plus server_address, server_port.
+OTEL_SDK_SPAN_PROCESSED = "otel_sdk_processor_span_processed_total"
+OTEL_SDK_SPAN_EXPORTED = "otel_sdk_exporter_span_exported_total"
+
 EXTERNAL_METRICS: dict[str, tuple[str, ...]] = {
     "prometheus (built-in)": ("ALERTS", "up"),
     "prometheus-node-exporter": (
@@ -49,6 +59,10 @@ EXTERNAL_METRICS: dict[str, tuple[str, ...]] = {
         "otelcol_exporter_sent_metric_points", "otelcol_exporter_sent_spans", "otelcol_exporter_sent_log_records",
         *OTELCOL_EXPORTER_FAILED, "otelcol_exporter_queue_size", "otelcol_exporter_queue_capacity",
         "otelcol_process_memory_rss",
+    ),
+    "opentelemetry sdk (span pipeline)": (
+        "otel_sdk_span_started_total", OTEL_SDK_SPAN_PROCESSED, OTEL_SDK_SPAN_EXPORTED,
+        "otel_sdk_processor_span_queue_size", "otel_sdk_processor_span_queue_capacity",
     ),
     "temporal server": (TEMPORAL_BACKLOG, TEMPORAL_BACKLOG_AGE),
     "temporal sdk (worker)": (
