@@ -35,6 +35,8 @@ class Settings:
     export_timeout_s: float = 5.0
     shutdown_timeout_s: float = 5.0
     span_queue_size: int = 2048
+    # Data points per OTLP metric request: one request for 50k series would pass gRPC's 4 MiB limit.
+    metric_export_batch_size: int = 5000
     strict: bool = False
     max_label_length: int = 128
     cardinality_limit: int = 2000

@@ -137,6 +137,7 @@ class Telemetry:
                 exporter: Any = OTLPMetricExporter(
                     endpoint=s.otlp_endpoint, insecure=s.otlp_endpoint.startswith("http://"),
                     timeout=s.export_timeout_s, preferred_temporality=cumulative,
+                    max_export_batch_size=s.metric_export_batch_size,
                 )
             else:
                 from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
@@ -145,7 +146,7 @@ class Telemetry:
 
                 exporter = HTTPMetricExporter(
                     endpoint=_http_path(s.otlp_endpoint, "metrics"), timeout=s.export_timeout_s,
-                    preferred_temporality=cumulative,
+                    preferred_temporality=cumulative, max_export_batch_size=s.metric_export_batch_size,
                 )
         elif s.exporter == "console":
             from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
