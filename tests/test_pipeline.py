@@ -36,7 +36,7 @@ def otlp_sdk(stack: Stack) -> Iterator[InMemorySpanExporter]:
     pt.configure(
         exporter="otlp", otlp_endpoint=stack.otlp_endpoint, metric_export_interval_ms=1000,
         service_name="paid-e2e", service_version="1.2.3", environment="ci",
-        span_processors=[SimpleSpanProcessor(spans)], handle_sigterm=False, log_format="json",
+        span_processors=[SimpleSpanProcessor(spans)], handle_sigterm=False,
     )
     yield spans
     pt.shutdown()
@@ -89,6 +89,9 @@ def test_exemplars_traces_and_logs_share_the_trace_id(
     stack: Stack, otlp_sdk: InMemorySpanExporter, capsys: pytest.CaptureFixture[str]
 ) -> None:
     otlp_sdk.clear()
+    from paid_telemetry.logs import configure_logging
+
+    configure_logging(json=True)  # per test: the autouse fixture undoes logging set-up after each test
     with pt.agent_run(project_id="exemplar", agent_type="tracer") as run:
         run.iteration()
     pt.force_flush()

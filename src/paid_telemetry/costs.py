@@ -96,6 +96,10 @@ class PriceBook:
         return _Rates(in_base, out_base, in_tiers, out_tiers)
 
 
+def _given(value: Any) -> bool:
+    return not (value is None or (type(value) in (int, float) and value == 0))
+
+
 def record_usage(
     t: Telemetry,
     project_id: Any,
@@ -107,9 +111,10 @@ def record_usage(
 ) -> tuple[float, float, float | None]:
     """Record tokens and cost; returns what was accepted (for span attributes)."""
     guard = t.guard
-    # None means "the client reported no usage"; 0 is a real zero; anything else is checked.
-    tin = 0 if input_tokens is None or input_tokens == 0 else guard.amount(TOKENS.name, input_tokens)
-    tout = 0 if output_tokens is None or output_tokens == 0 else guard.amount(TOKENS.name, output_tokens)
+    # None means "the client reported no usage"; 0 is a real zero; anything else is checked
+    # (without comparing it: == on an arbitrary object, e.g. Decimal('sNaN'), may raise).
+    tin = guard.amount(TOKENS.name, input_tokens) if _given(input_tokens) else 0
+    tout = guard.amount(TOKENS.name, output_tokens) if _given(output_tokens) else 0
     if tin:
         t.tokens.add(tin, t.token_labels.get((project_id, provider, model, "input")))
     if tout:

@@ -85,6 +85,9 @@ class Telemetry:
         from opentelemetry.sdk.trace import TracerProvider
 
         s = self.settings
+        # The SDK reports spans started, dropped (queue full) and failed to export only when
+        # asked to; paid-telemetry asks, so a collector outage is never silent (otel_sdk_*).
+        os.environ.setdefault("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
         foreign_tp = _foreign_tracer_provider()
         foreign_mp = _foreign_meter_provider()
         if foreign_tp is not None and foreign_mp is not None:
@@ -103,7 +106,9 @@ class Telemetry:
         mp = MeterProvider(
             metric_readers=readers, resource=resource, views=_views(s.cardinality_limit), shutdown_on_exit=False
         )
-        tp = TracerProvider(resource=resource, shutdown_on_exit=False)
+        # The SDK's own span metrics go to this provider, not to whatever is global (after a
+        # reconfigure the global one is an older, shut-down provider).
+        tp = TracerProvider(resource=resource, shutdown_on_exit=False, meter_provider=mp)
         for proc in list(span_processors) + self._span_processors(mp):
             tp.add_span_processor(proc)
         self.meter_provider, self.tracer_provider = mp, tp
@@ -172,23 +177,22 @@ class Telemetry:
 
                 exporter: Any = OTLPSpanExporter(
                     endpoint=s.otlp_endpoint, insecure=s.otlp_endpoint.startswith("http://"),
-                    timeout=s.export_timeout_s,
+                    timeout=s.export_timeout_s, meter_provider=mp,
                 )
             else:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
                     OTLPSpanExporter as HTTPSpanExporter,
                 )
 
-                exporter = HTTPSpanExporter(endpoint=_http_path(s.otlp_endpoint, "traces"), timeout=s.export_timeout_s)
+                exporter = HTTPSpanExporter(
+                    endpoint=_http_path(s.otlp_endpoint, "traces"), timeout=s.export_timeout_s, meter_provider=mp
+                )
         elif s.exporter == "console":
             from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
             exporter = ConsoleSpanExporter()
         else:
             return []
-        # The SDK reports spans dropped (queue full) or failed to export only when asked to;
-        # paid-telemetry asks, so a collector outage is never silent (otel_sdk_processor_span_*).
-        os.environ.setdefault("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
         return [
             BatchSpanProcessor(
                 exporter, max_queue_size=s.span_queue_size, max_export_batch_size=min(512, s.span_queue_size),
@@ -201,7 +205,7 @@ class Telemetry:
         from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
         s = self.settings
-        lp = LoggerProvider(resource=resource, shutdown_on_exit=False)
+        lp = LoggerProvider(resource=resource, shutdown_on_exit=False, meter_provider=self.meter_provider)
         for proc in log_processors:
             lp.add_log_record_processor(proc)
         exporter: Any = None
@@ -211,15 +215,20 @@ class Telemetry:
 
                 exporter = OTLPLogExporter(
                     endpoint=s.otlp_endpoint, insecure=s.otlp_endpoint.startswith("http://"),
-                    timeout=s.export_timeout_s,
+                    timeout=s.export_timeout_s, meter_provider=self.meter_provider,
                 )
             else:
                 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HTTPLogExporter
 
-                exporter = HTTPLogExporter(endpoint=_http_path(s.otlp_endpoint, "logs"), timeout=s.export_timeout_s)
+                exporter = HTTPLogExporter(
+                    endpoint=_http_path(s.otlp_endpoint, "logs"), timeout=s.export_timeout_s,
+                    meter_provider=self.meter_provider,
+                )
         if exporter is not None:
             lp.add_log_record_processor(
-                BatchLogRecordProcessor(exporter, export_timeout_millis=s.export_timeout_s * 1000)
+                BatchLogRecordProcessor(
+                    exporter, export_timeout_millis=s.export_timeout_s * 1000, meter_provider=self.meter_provider
+                )
             )
         return lp
 
