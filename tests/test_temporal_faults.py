@@ -145,7 +145,7 @@ def _examples_worker(address: str, tq: str, endpoint: str, job: str, log: Path) 
 
 def _bare_worker(address: str, tq: str, endpoint: str, job: str, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    return subprocess.Popen([sys.executable, "-m", "tests.temporal_sigterm_worker", address, tq, endpoint, job],
+    return subprocess.Popen([sys.executable, "-m", "tests.temporal_worker", address, tq, endpoint, job],
                             cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
