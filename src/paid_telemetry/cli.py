@@ -23,8 +23,7 @@ def _cmd_stack(args: argparse.Namespace) -> int:
         if stack.saved_status(workdir):
             print(f"a stack is already recorded in {workdir}; run `paid-telemetry stack down` first", file=sys.stderr)
             return 1
-        s = stack.Stack(workdir, node_exporter=True, scrape_interval="5s", evaluation_interval="5s",
-                        metric_export_interval_ms=5000).up()
+        s = stack.Stack(workdir, node_exporter=True, scrape_interval="5s", evaluation_interval="5s").up()
         s.save()
         for svc in s.services.values():
             svc.proc = None  # keep them running after this process exits

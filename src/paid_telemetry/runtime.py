@@ -115,12 +115,10 @@ class Telemetry:
         self.owns_providers = True
         if s.logs and (s.exporter in ("otlp", "console") or log_processors):
             self.logger_provider = self._logger_provider(resource, log_processors)
-        if foreign_tp is None and _install_global_tracer(tp):
-            log.debug("paid-telemetry: installed its tracer provider globally")
-        elif foreign_tp is not None:
-            log.debug("paid-telemetry: a global tracer provider exists; reusing it for spans")
-            tp_tracer = foreign_tp.get_tracer(SCOPE, _version())
-            return mp.get_meter(SCOPE, _version()), tp_tracer
+        # Only a complete foreign set-up is reused (above); otherwise ours serve paid-telemetry
+        # and fill whichever global slot is still free, for other libraries' benefit.
+        if foreign_tp is None:
+            _install_global_tracer(tp)
         if foreign_mp is None:
             _install_global_meter(mp)
         return mp.get_meter(SCOPE, _version()), tp.get_tracer(SCOPE, _version())
@@ -513,13 +511,12 @@ def _foreign_meter_provider() -> Any:
     return mp
 
 
-def _install_global_tracer(tp: Any) -> bool:
+def _install_global_tracer(tp: Any) -> None:
     global _globals_installed
     if isinstance(otel_trace.get_tracer_provider(), otel_trace.ProxyTracerProvider):
         otel_trace.set_tracer_provider(tp)
         _globals_installed = True
-        return True
-    return False
+        log.debug("paid-telemetry: installed its tracer provider globally")
 
 
 def _install_global_meter(mp: Any) -> None:

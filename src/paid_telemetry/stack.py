@@ -79,7 +79,6 @@ class Stack:
     node_exporter: bool = False
     scrape_interval: str = "2s"
     evaluation_interval: str = "2s"
-    metric_export_interval_ms: int = 1000
     ports: dict[str, int] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
 
@@ -112,13 +111,6 @@ class Stack:
     def collector_logs_file(self) -> Path:
         return self.workdir / "collector" / "logs.jsonl"
 
-    def sdk_env(self) -> dict[str, str]:
-        """Environment for an SDK process that should push into this stack."""
-        return {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": self.otlp_endpoint,
-            "OTEL_METRIC_EXPORT_INTERVAL": str(self.metric_export_interval_ms),
-        }
-
     # -- lifecycle ---------------------------------------------------------------------
     def up(self) -> Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -147,9 +139,6 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.down()
-
-    def status(self) -> dict[str, bool]:
-        return {name: svc.running() for name, svc in self.services.items()}
 
     # -- services ----------------------------------------------------------------------
     def _port(self, name: str) -> int:
