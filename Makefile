@@ -9,7 +9,7 @@ install:
 
 demo:  ## the embedded demo needs no collector build (`demo --stack` builds it on first use)
 	PAID_TELEMETRY_SKIP_GO=1 bash scripts/install.sh
-	$(PY) -m paid_telemetry.cli demo
+	$(PY) -m paid_telemetry_ops.cli demo
 
 test: install
 	$(PY) -m pytest -q -rfE
@@ -25,10 +25,10 @@ bench:
 	$(PY) bench/bench.py
 
 stack-up:
-	$(PY) -m paid_telemetry.cli stack up
+	$(PY) -m paid_telemetry_ops.cli stack up
 
 stack-down:
-	$(PY) -m paid_telemetry.cli stack down
+	$(PY) -m paid_telemetry_ops.cli stack down
 
 docs:
-	$(PY) -m paid_telemetry.cli docs metrics > docs/metrics.md
+	$(PY) -m paid_telemetry_ops.cli docs metrics > docs/metrics.md

@@ -192,7 +192,7 @@ def bench_endpoint(series_counts: tuple[int, ...] = (1_000, 10_000, 50_000)) -> 
         t = pt.runtime.current()
         before = tracemalloc.get_traced_memory()[0]
         for i in range(count):
-            t.agent_runs.add(1, t.run_labels.get((f"p{i}", "coder", "completed")))
+            t.metrics.agent_runs.add(1, t.metrics.run_labels.get((f"p{i}", "coder", "completed")))
         memory_per_series = (tracemalloc.get_traced_memory()[0] - before) / count
         tracemalloc.stop()
         url = handle.prometheus_url or ""
@@ -237,7 +237,7 @@ def _embedded_scrape(count: int) -> float:
     handle = pt.configure(exporter="prometheus", prometheus_port=0, handle_sigterm=False, cardinality_limit=count + 10)
     t = pt.runtime.current()
     for i in range(count):
-        t.agent_runs.add(1, t.run_labels.get((f"p{i}", "coder", "completed")))
+        t.metrics.agent_runs.add(1, t.metrics.run_labels.get((f"p{i}", "coder", "completed")))
     url = handle.prometheus_url or ""
     urllib.request.urlopen(url, timeout=120).read()  # first (synchronous) render
     if handle.prometheus_reader is not None and handle.prometheus_reader.last_render_s > 0.02:
@@ -256,7 +256,7 @@ def bench_collector(series_counts: tuple[int, ...] = (1_000, 10_000, 50_000)) ->
     import tempfile
     from pathlib import Path
 
-    from paid_telemetry.stack import Stack
+    from paid_telemetry_ops.stack import Stack
 
     def collector_rss(stack: Stack) -> float:
         url = f"http://127.0.0.1:{stack.ports['collector_self']}/metrics"
@@ -279,7 +279,7 @@ def bench_collector(series_counts: tuple[int, ...] = (1_000, 10_000, 50_000)) ->
                          handle_sigterm=False, cardinality_limit=count + 10, service_name="bench")
             t = pt.runtime.current()
             for i in range(count):
-                t.agent_runs.add(1, t.run_labels.get((f"p{i}", "coder", "completed")))
+                t.metrics.agent_runs.add(1, t.metrics.run_labels.get((f"p{i}", "coder", "completed")))
             push_start = time.perf_counter()
             pt.force_flush()
             push_s = time.perf_counter() - push_start
@@ -345,8 +345,8 @@ def bench_memory(count: int = 1_900) -> dict[str, float]:
         return used / count
 
     def ours(i: int) -> None:
-        t.agent_runs.add(1, t.run_labels.get((f"m{i}", "coder", "completed")))
-        t.agent_duration.record(1.5, t.run_hist_labels.get((f"m{i}", "coder")))
+        t.metrics.agent_runs.add(1, t.metrics.run_labels.get((f"m{i}", "coder", "completed")))
+        t.metrics.agent_duration.record(1.5, t.metrics.run_hist_labels.get((f"m{i}", "coder")))
 
     def raw(i: int) -> None:
         raw_runs.add(1, {"project_id": f"r{i}", "agent_type": "coder", "status": "completed"})

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from paid_telemetry import dashbench as bench
+from paid_telemetry_ops import dashbench as bench
 
 TARGET_S = 2.0
 RANGES = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}

@@ -32,8 +32,8 @@ from temporalio.client import Client  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 import paid_telemetry  # noqa: E402
-from paid_telemetry.services import temporal_server  # noqa: E402
 from paid_telemetry.temporal import TelemetryInterceptor, sandbox_runner  # noqa: E402
+from paid_telemetry_ops.services import temporal_server  # noqa: E402
 from tests import temporal_app as app  # noqa: E402
 
 

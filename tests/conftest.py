@@ -63,13 +63,13 @@ def _isolate_logging() -> Iterator[None]:
 
     import structlog
 
-    from paid_telemetry.agents import RUN_END_HOOKS
+    from paid_telemetry import agents
 
-    hooks = list(RUN_END_HOOKS)
+    hooks = agents._run_end_hooks
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield
-    RUN_END_HOOKS[:] = hooks
+    agents._run_end_hooks = hooks
     for handler in [h for h in root.handlers if h not in handlers]:
         root.removeHandler(handler)
     root.setLevel(level)
@@ -93,7 +93,7 @@ def strict_recorded() -> Iterator[Recorded]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real Temporal dev server of its own for each test module that asks for one."""
-    from paid_telemetry.services import temporal_server
+    from paid_telemetry_ops.services import temporal_server
 
     srv = temporal_server(tmp_path_factory.mktemp("temporal"))
     srv.start()
@@ -106,7 +106,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The real local stack (collector, Jaeger, Prometheus, Temporal) for the whole session."""
-    from paid_telemetry.stack import Stack
+    from paid_telemetry_ops.stack import Stack
 
     s = Stack(tmp_path_factory.mktemp("stack"), alertmanager=False)
     s.up()

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from paid_telemetry import external_metrics
 from paid_telemetry.catalogue import CATALOGUE
-from paid_telemetry.services import find_binary
+from paid_telemetry_ops import external_metrics
+from paid_telemetry_ops.services import find_binary
 from tests.alerting_support import (
     AM_CONFIG,
     AM_DIR,

@@ -25,7 +25,7 @@ from temporalio.client import Client
 
 import paid_telemetry as pt
 from paid_telemetry.agents import agent_run, record_token_usage
-from paid_telemetry.services import Service, find_binary, free_port, http_ok, temporal_server
+from paid_telemetry_ops.services import Service, find_binary, free_port, http_ok, temporal_server
 from tests.alerting_support import RUNBOOK_BASE, alertmanager_variant, rules_variant
 from tests.promapi import get_json, query
 

@@ -298,8 +298,8 @@ def test_a_million_project_ids_keep_memory_bounded_and_count_the_overflow() -> N
         assert len(points) == limit + 1
         assert points[(("event", "created"), ("project_id", "_overflow"))] == n - limit
         assert _drops(rec) == {(PR, "cardinality_overflow"): n - limit}
-        assert len(rec.handle.pr_labels) == limit + 1
-        assert len(rec.handle.known_projects) == limit
+        assert len(rec.handle.metrics.pr_labels) == limit + 1
+        assert len(rec.handle.metrics.known_projects) == limit
     finally:
         pt.shutdown()
 
@@ -315,8 +315,7 @@ def json_log() -> Iterator[io.StringIO]:
     structlog.reset_defaults()
     from paid_telemetry import agents, logs
 
-    if logs.log_run_end in agents.RUN_END_HOOKS:  # the run-end line is process-wide; later tests don't want it
-        agents.RUN_END_HOOKS.remove(logs.log_run_end)
+    agents.remove_run_end_hook(logs.log_run_end)  # the run-end line is process-wide; later tests don't want it
 
 
 def test_non_serialisable_log_values_never_raise(json_log: io.StringIO) -> None:

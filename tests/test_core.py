@@ -14,7 +14,7 @@ from opentelemetry.trace import StatusCode
 
 import paid_telemetry as pt
 from paid_telemetry import catalogue as cat
-from paid_telemetry import config
+from paid_telemetry import settings as config
 from tests.conftest import Recorded, make_recorded
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,8 +265,8 @@ def test_cardinality_budget_folds_overflow_and_counts_it() -> None:
         assert len(runs) == 11
         assert runs[(("agent_type", "_overflow"), ("project_id", "_overflow"), ("status", "completed"))] == 990
         assert rec.value(DROPPED, instrument="paid_agent_runs", reason="cardinality_overflow") == 990
-        assert len(rec.handle.run_labels) <= 11
-        assert len(rec.handle.known_projects) <= 10
+        assert len(rec.handle.metrics.run_labels) <= 11
+        assert len(rec.handle.metrics.known_projects) <= 10
     finally:
         pt.shutdown()
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from paid_telemetry import dashboards as dash
-from paid_telemetry import external_metrics
 from paid_telemetry.catalogue import CATALOGUE
+from paid_telemetry_ops import dashboards as dash
+from paid_telemetry_ops import external_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 DASH_DIR = REPO / "grafana" / "dashboards"
@@ -43,7 +43,7 @@ def test_committed_json_equals_generator_output() -> None:
     assert set(files) == set(rendered), "grafana/dashboards/ has stale or missing files"
     for name, d in rendered.items():
         assert files[name] == dash.to_json(d), (
-            f"grafana/dashboards/{name}.json is out of date: run python -m paid_telemetry.dashboards"
+            f"grafana/dashboards/{name}.json is out of date: run python -m paid_telemetry_ops.dashboards"
         )
 
 
@@ -196,7 +196,7 @@ def test_metric_names_parser() -> None:
 
 
 def test_temporal_names_live_in_one_constant_each() -> None:
-    text = (REPO / "src" / "paid_telemetry" / "dashboards.py").read_text()
+    text = (REPO / "src" / "paid_telemetry_ops" / "dashboards.py").read_text()
     assert "approximate_backlog_count" not in text  # named once, in external_metrics
     assert dash.TEMPORAL_BACKLOG == external_metrics.TEMPORAL_BACKLOG == "approximate_backlog_count"
     wf = committed()["workflows"]

@@ -30,10 +30,10 @@ from pathlib import Path
 import pytest
 
 import paid_telemetry as pt
-from paid_telemetry import dashbench as bench
-from paid_telemetry import dashboards as dash
 from paid_telemetry.catalogue import CATALOGUE
-from paid_telemetry.services import (
+from paid_telemetry_ops import dashbench as bench
+from paid_telemetry_ops import dashboards as dash
+from paid_telemetry_ops.services import (
     MissingBinary,
     Service,
     built_binary,
@@ -63,7 +63,7 @@ PROJECTS = ("acme", "globex", "initech")
 
 def record_round(i: int) -> None:
     """One round of a demo-like workload touching every instrument the dashboards show."""
-    h = pt.runtime.current()
+    h = pt.runtime.current().metrics
     for n, project in enumerate(PROJECTS):
         for status in ("completed", "completed", "failed", "cancelled"):
             try:

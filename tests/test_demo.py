@@ -1,4 +1,4 @@
-"""``python -m paid_telemetry.cli demo`` as a user runs it: a subprocess, its output checked.
+"""``python -m paid_telemetry_ops.cli demo`` as a user runs it: a subprocess, its output checked.
 
 The table is read back from the metrics; the truth line comes from what the workflows
 reported; the test checks that both are printed and agree, row by row.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from paid_telemetry.demo import bucket_bound, p95
-from paid_telemetry.services import http_ok
+from paid_telemetry_ops.demo import bucket_bound, p95
+from paid_telemetry_ops.services import http_ok
 
 ROW = re.compile(r"^  (acme|globex \(costly\)|initech|total)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)$")
 
@@ -27,7 +27,7 @@ def run_demo(tmp_path: Path, *args: str, timeout: float = 120) -> tuple[subproce
     env = {**os.environ, "PAID_TELEMETRY_STACK_DIR": str(tmp_path / "no-stack")}  # ignore any recorded stack
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     # from another directory: the demo finds the repository's examples/ itself
-    proc = subprocess.run([sys.executable, "-m", "paid_telemetry.cli", "demo", *args], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-m", "paid_telemetry_ops.cli", "demo", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     logs = re.search(r"^Logs:\s+(\S+) \(JSON lines\)$", proc.stdout, re.M)

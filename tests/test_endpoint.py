@@ -61,7 +61,7 @@ def test_endpoint_with_10k_series_answers_under_50ms() -> None:
     try:
         t = pt.runtime.current()
         for i in range(10_000):
-            t.agent_runs.add(1, t.run_labels.get((f"p{i}", "coder", "completed")))
+            t.metrics.agent_runs.add(1, t.metrics.run_labels.get((f"p{i}", "coder", "completed")))
         url: Any = handle.prometheus_url
         urllib.request.urlopen(url, timeout=10).read()  # warm-up
         timings = []

@@ -30,7 +30,7 @@ from examples import activities
 from examples.api import ApiServer, create_app
 from examples.fake_llm import AGENT_TYPES, MODELS, PROJECTS, FakeLLM
 from examples.worker import build_worker
-from paid_telemetry.services import REPO, Service, free_port, http_ok
+from paid_telemetry_ops.services import REPO, Service, free_port, http_ok
 from tests.conftest import Recorded
 
 pytestmark = pytest.mark.e2e

@@ -35,8 +35,8 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberData
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 import paid_telemetry as pt
-from paid_telemetry.services import http_ok
-from paid_telemetry.stack import Stack
+from paid_telemetry_ops.services import http_ok
+from paid_telemetry_ops.stack import Stack
 from tests.promapi import get_json, series, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -336,7 +336,7 @@ def _raw_samples(prom: str, expr: str, at: float, window_s: int) -> list[list[An
 
 
 def test_prometheus_sigkill_keeps_committed_data_and_alerts_resume(fstack: Stack) -> None:
-    from paid_telemetry.services import REPO
+    from paid_telemetry_ops.services import REPO
 
     rule_files = sorted((REPO / "prometheus" / "rules").glob("*.yml"))
     assert rule_files, "prometheus/rules/ is empty"

@@ -41,7 +41,7 @@ from examples.api import ApiServer, create_app
 from examples.fake_llm import AGENT_TYPES, MODELS, PROJECTS, FakeLLM
 from examples.worker import build_worker
 from examples.workflows import AgentSessionWorkflow, SessionRequest, SessionResult
-from paid_telemetry.stack import Stack
+from paid_telemetry_ops.stack import Stack
 from tests.promapi import query, series, wait_for
 
 pytestmark = pytest.mark.e2e

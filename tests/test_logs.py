@@ -26,7 +26,7 @@ from paid_telemetry.logs import (
     log_run_end,
     render_json,
 )
-from paid_telemetry.services import free_port
+from paid_telemetry_ops.services import free_port
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 HEX32 = re.compile(r"^[0-9a-f]{32}$")

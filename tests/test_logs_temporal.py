@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
 
     import paid_telemetry as pt
     from paid_telemetry.logs import configure_logging
-    from paid_telemetry.services import Service, temporal_server
+    from paid_telemetry_ops.services import Service, temporal_server
 
 log = structlog.get_logger()
 probe = logging.getLogger("paid_test.replay_probe")

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import paid_telemetry as pt
 from paid_telemetry import catalogue as cat
-from paid_telemetry.stack import Stack
+from paid_telemetry_ops.stack import Stack
 from tests.promapi import get_json, query, series, wait_for
 from tests.workload import check_samples, normalise_le, record_known_workload
 
@@ -201,7 +201,7 @@ def test_collector_scrubs_sensitive_span_attributes(stack: Stack, otlp_sdk: InMe
 
 
 def test_collector_validates_its_own_config_and_the_build_is_cached() -> None:
-    from paid_telemetry.services import REPO, built_binary
+    from paid_telemetry_ops.services import REPO, built_binary
 
     binary = built_binary("otelcol-paid")
     check = subprocess.run([binary, "validate", "--config", str(REPO / "otel-collector" / "config.yaml")],

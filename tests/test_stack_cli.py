@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from paid_telemetry.services import http_ok
+from paid_telemetry_ops.services import http_ok
 from tests.promapi import get_json, query, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "paid_telemetry.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "paid_telemetry_ops.cli", *args], capture_output=True, text=True,
                           env=env, timeout=180)
 
 

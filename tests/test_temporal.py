@@ -31,8 +31,8 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner, Worker
 
 import paid_telemetry
-from paid_telemetry.services import Service, free_port, temporal_server
 from paid_telemetry.temporal import TelemetryInterceptor, sandbox_runner, temporal_runtime
+from paid_telemetry_ops.services import Service, free_port, temporal_server
 from tests import temporal_app as app
 
 TESTS = Path(__file__).resolve().parent

@@ -26,9 +26,9 @@ from temporalio.worker import Worker
 
 import paid_telemetry as pt
 from examples.workflows import AgentSessionWorkflow, SessionRequest
-from paid_telemetry.services import REPO, Service, temporal_server
-from paid_telemetry.stack import Stack
 from paid_telemetry.temporal import TelemetryInterceptor, sandbox_runner
+from paid_telemetry_ops.services import REPO, Service, temporal_server
+from paid_telemetry_ops.stack import Stack
 from tests import temporal_app
 from tests import temporal_fault_app as app
 from tests.promapi import query, series, wait_for

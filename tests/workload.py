@@ -50,7 +50,7 @@ def record_known_workload() -> dict[str, dict[Labels, float]]:
     pt.record_pull_request("created", project_id="acme")
     pt.record_pull_request("merged", project_id="acme")
     pt.record_quality_score(7, project_id="acme", prompt_slug="fix-bug")  # dropped: out of range
-    h = pt.runtime.current()
+    h = pt.runtime.current().metrics
     h.activity_executions.add(1, h.activity_outcome_labels.get(("run_agent", "completed")))
     h.activity_duration.record(0.2, h.activity_labels.get(("run_agent",)))
     h.activity_retries.add(1, h.activity_labels.get(("run_agent",)))

@@ -15,6 +15,15 @@ from typing import Any, TypeVar
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def exit_status(exc: BaseException | None) -> str:
+    """completed, failed or cancelled, from how a scope ended."""
+    if exc is None:
+        return "completed"
+    if isinstance(exc, GeneratorExit | KeyboardInterrupt) or type(exc).__name__ == "CancelledError":
+        return "cancelled"
+    return "failed"
+
+
 def decorate(func: F, make_scope: Callable[[tuple[Any, ...], dict[str, Any]], Any]) -> F:
     """Wrap ``func`` so each call runs inside ``make_scope(args, kwargs)``."""
     if inspect.isasyncgenfunction(func):

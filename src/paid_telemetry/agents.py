@@ -17,7 +17,7 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Status, StatusCode
 
 from paid_telemetry import runtime
-from paid_telemetry._wrap import argument_getter, decorate
+from paid_telemetry._wrap import argument_getter, decorate, exit_status
 from paid_telemetry.catalogue import AGENT_ITERATIONS, QUALITY_SCORE
 from paid_telemetry.costs import record_usage
 from paid_telemetry.guard import safe_text
@@ -26,25 +26,29 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _CURRENT_RUN: ContextVar[AgentRun | None] = ContextVar("paid_agent_run", default=None)
 
-RUN_END_HOOKS: list[Callable[[AgentRun, float, str], None]] = []
-"""Called as ``hook(run, duration_seconds, status)`` when a run ends, while its span is still current.
+RunEndHook = Callable[["AgentRun", float, str], None]
+_run_end_hooks: tuple[RunEndHook, ...] = ()
 
-``paid_telemetry.logs.configure_logging()`` registers the "Agent run completed" line here.
-"""
+
+def add_run_end_hook(hook: RunEndHook) -> None:
+    """Call ``hook(run, duration_seconds, status)`` when any run ends, while its span is still current.
+
+    ``paid_telemetry.logs.configure_logging()`` registers the "Agent run completed" line here.
+    A hook that raises is counted as an internal error; the run is recorded regardless.
+    """
+    global _run_end_hooks
+    if hook not in _run_end_hooks:
+        _run_end_hooks = (*_run_end_hooks, hook)
+
+
+def remove_run_end_hook(hook: RunEndHook) -> None:
+    global _run_end_hooks
+    _run_end_hooks = tuple(h for h in _run_end_hooks if h is not hook)
 
 
 def current_run() -> AgentRun | None:
     """The agent run active in this context (thread / task), if any."""
     return _CURRENT_RUN.get()
-
-
-def exit_status(exc: BaseException | None) -> str:
-    """completed, failed or cancelled, from how a block ended."""
-    if exc is None:
-        return "completed"
-    if isinstance(exc, GeneratorExit | KeyboardInterrupt) or type(exc).__name__ == "CancelledError":
-        return "cancelled"
-    return "failed"
 
 
 class AgentRun:
@@ -150,13 +154,13 @@ class AgentRun:
             status = self.status or exit_status(exc)
             self.status = status
             project, agent = self.project_id, self.agent_type
-            t.agent_runs.add(1, t.run_labels.get((project, agent, status)))
-            labels = t.run_hist_labels.get((project, agent))
-            t.agent_duration.record(duration, labels)
+            t.metrics.agent_runs.add(1, t.metrics.run_labels.get((project, agent, status)))
+            labels = t.metrics.run_hist_labels.get((project, agent))
+            t.metrics.agent_duration.record(duration, labels)
             iterations = t.guard.amount(AGENT_ITERATIONS.name, self.iterations)
             if iterations is not None:
-                t.agent_iterations.record(iterations, labels)
-            for hook in RUN_END_HOOKS:
+                t.metrics.agent_iterations.record(iterations, labels)
+            for hook in _run_end_hooks:
                 try:
                     hook(self, duration, status)
                 except Exception as err:
@@ -263,6 +267,6 @@ def record_quality_score(score: float, *, prompt_slug: str, project_id: Any = No
             project_id = run.project_id if run is not None else None
         value = t.guard.score(QUALITY_SCORE.name, score)
         if value is not None:
-            t.quality.record(value, t.quality_labels.get((project_id, prompt_slug)))
+            t.metrics.quality.record(value, t.metrics.quality_labels.get((project_id, prompt_slug)))
     except Exception as exc:
         t.guard.internal_error("record_quality_score", exc)

@@ -11,8 +11,7 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from paid_telemetry import runtime
-from paid_telemetry._wrap import decorate
-from paid_telemetry.agents import exit_status
+from paid_telemetry._wrap import decorate, exit_status
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -21,7 +20,7 @@ def record_pull_request(event: str, *, project_id: Any) -> None:
     """Count a pull request an agent ``created`` or got ``merged`` (or ``closed``)."""
     t = runtime.current()
     try:
-        t.pull_requests.add(1, t.pr_labels.get((project_id, event)))
+        t.metrics.pull_requests.add(1, t.metrics.pr_labels.get((project_id, event)))
     except Exception as exc:
         t.guard.internal_error("record_pull_request", exc)
 
@@ -101,8 +100,8 @@ class ExternalCall(_Scope):
 
     def _end(self, t: runtime.Telemetry, elapsed: float, exc: BaseException | None) -> None:
         outcome = self.outcome or ("success" if exc is None else "error")
-        t.external_requests.add(1, t.external_labels.get((self.service, self.operation, outcome)))
-        t.external_duration.record(elapsed, t.external_hist_labels.get((self.service, self.operation)))
+        t.metrics.external_requests.add(1, t.metrics.external_labels.get((self.service, self.operation, outcome)))
+        t.metrics.external_duration.record(elapsed, t.metrics.external_hist_labels.get((self.service, self.operation)))
         self._fail_span(exc)
 
     def __call__(self, func: F) -> F:
@@ -120,14 +119,14 @@ class WorkflowScope(_Scope):
         self.status: str | None = None
 
     def _begin(self, t: runtime.Telemetry) -> None:
-        t.workflow_started.add(1, t.workflow_labels.get((self.workflow_type,)))
+        t.metrics.workflow_started.add(1, t.metrics.workflow_labels.get((self.workflow_type,)))
         self._open_span(t, f"workflow {self.workflow_type}", SpanKind.INTERNAL,
                         {"paid.workflow.type": str(self.workflow_type)})
 
     def _end(self, t: runtime.Telemetry, elapsed: float, exc: BaseException | None) -> None:
         status = self.status or exit_status(exc)
-        t.workflow_completed.add(1, t.workflow_status_labels.get((self.workflow_type, status)))
-        t.workflow_duration.record(elapsed, t.workflow_hist_labels.get((self.workflow_type,)))
+        t.metrics.workflow_completed.add(1, t.metrics.workflow_status_labels.get((self.workflow_type, status)))
+        t.metrics.workflow_duration.record(elapsed, t.metrics.workflow_hist_labels.get((self.workflow_type,)))
         if status == "failed":
             self._fail_span(exc)
 

@@ -27,7 +27,7 @@ from opentelemetry._logs import SeverityNumber
 from structlog.types import EventDict, Processor, WrappedLogger
 
 from paid_telemetry import runtime
-from paid_telemetry.agents import current_run
+from paid_telemetry.agents import add_run_end_hook, current_run
 
 __all__ = [
     "OTelLogExport",
@@ -234,7 +234,7 @@ class OTelLogExport:
         self._loggers: dict[str, Any] = {}
 
     def _provider_now(self) -> Any:
-        t = runtime._current
+        t = runtime.active()
         provider = t.logger_provider if t is not None else None
         if provider is None and self.use_global:
             from opentelemetry import _logs
@@ -439,10 +439,7 @@ def _configure_stdlib(
 
 def _register_run_end_hook() -> None:
     """Have every agent run end with the record's "Agent run completed" line."""
-    from paid_telemetry.agents import RUN_END_HOOKS
-
-    if log_run_end not in RUN_END_HOOKS:
-        RUN_END_HOOKS.append(log_run_end)
+    add_run_end_hook(log_run_end)
 
 
 # -- agent runs -------------------------------------------------------------------------

@@ -225,3 +225,23 @@ def serve(reader: EmbeddedPrometheusReader, host: str, port: int) -> ThreadingHT
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="paid-telemetry-http", daemon=True).start()
     return server
+
+
+class Endpoint:
+    """The embedded /metrics endpoint: a pull reader and the HTTP server that serves it."""
+
+    def __init__(self, reader: EmbeddedPrometheusReader, server: ThreadingHTTPServer) -> None:
+        self.reader = reader
+        self.server = server
+        host, port = server.server_address[:2]
+        self.url = f"http://{host!s}:{port}/metrics"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_endpoint(host: str, port: int) -> Endpoint:
+    """Start serving a new reader's metrics at http://host:port/metrics."""
+    reader = EmbeddedPrometheusReader()
+    return Endpoint(reader, serve(reader, host, port))

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import paid_telemetry as pt
-from paid_telemetry.services import REPO, Service, temporal_server
+from paid_telemetry_ops.services import REPO, Service, temporal_server
 
 DEFAULT_RUNS = 60
 CONCURRENCY = 8
@@ -293,7 +293,7 @@ def _port_free(port: int) -> bool:
 
 
 def _recorded_stack(stack_dir: Path) -> Target | None:
-    from paid_telemetry import stack
+    from paid_telemetry_ops import stack
 
     state = stack.saved_status(stack_dir)
     if not state or not all(state.get("alive", {}).values()) or "temporal_grpc" not in state.get("ports", {}):
@@ -320,7 +320,7 @@ def _embedded_temporal(workdir: Path) -> Iterator[Target]:
 
 @contextlib.contextmanager
 def _started_stack(workdir: Path) -> Iterator[Target]:
-    from paid_telemetry.stack import Stack
+    from paid_telemetry_ops.stack import Stack
 
     try:
         with Stack(workdir / "stack", scrape_interval="2s", evaluation_interval="2s") as s:

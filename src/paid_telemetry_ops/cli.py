@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from paid_telemetry.services import REPO
+from paid_telemetry_ops.services import REPO
 
 
 def _stack_dir() -> Path:
@@ -16,7 +16,7 @@ def _stack_dir() -> Path:
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:
-    from paid_telemetry import stack
+    from paid_telemetry_ops import stack
 
     workdir = _stack_dir()
     if args.action == "up":
@@ -50,7 +50,7 @@ def _cmd_docs(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboards(args: argparse.Namespace) -> int:
-    from paid_telemetry.dashboards import write_all
+    from paid_telemetry_ops.dashboards import write_all
 
     for path in write_all(Path(args.directory)):
         print(path)
@@ -58,7 +58,7 @@ def _cmd_dashboards(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from paid_telemetry.demo import main as demo_main
+    from paid_telemetry_ops.demo import main as demo_main
 
     mode = "start" if args.stack else "off" if args.embedded else "auto"
     return demo_main(runs=args.runs, serve_seconds=args.serve, stack=mode, stack_dir=_stack_dir())
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("stack", help="the local stack: collector, Jaeger, Prometheus, Alertmanager, Temporal")
     st.add_argument("action", choices=["up", "down", "status"])
     st.set_defaults(func=_cmd_stack)
-    dash = sub.add_parser("dashboards", help="regenerate the Grafana dashboards from paid_telemetry.dashboards")
+    dash = sub.add_parser("dashboards", help="regenerate the Grafana dashboards from paid_telemetry_ops.dashboards")
     dash.add_argument("directory", nargs="?", default=str(REPO / "grafana" / "dashboards"))
     dash.set_defaults(func=_cmd_dashboards)
     docs = sub.add_parser("docs", help="print generated docs")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from paid_telemetry import external_metrics
+from paid_telemetry_ops import external_metrics
 
 SCHEMA_VERSION = 38  # Grafana 10.2, the record's image (grafana/grafana:10.2.0)
 TAG = "paid"
@@ -28,7 +28,7 @@ GRID_WIDTH = 24
 
 # -- external metric names (not from our catalogue) --------------------------------------
 # Temporal server: the task-queue backlog gauge (matching service; labels taskqueue, task_type).
-# Named in ONE place, paid_telemetry.external_metrics (shared with the alert rules).
+# Named in ONE place, paid_telemetry_ops.external_metrics (shared with the alert rules).
 TEMPORAL_BACKLOG = external_metrics.TEMPORAL_BACKLOG
 # Temporal SDK worker metrics (sdk-core Prometheus exporter, durations in seconds).
 TEMPORAL_SLOTS_AVAILABLE = "temporal_worker_task_slots_available"
@@ -639,7 +639,7 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
-if __name__ == "__main__":  # python -m paid_telemetry.dashboards [dir]
+if __name__ == "__main__":  # python -m paid_telemetry_ops.dashboards [dir]
     import sys
 
     for written in write_all(sys.argv[1] if len(sys.argv) > 1 else "grafana/dashboards"):

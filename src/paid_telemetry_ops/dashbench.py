@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from paid_telemetry import catalogue as cat
-from paid_telemetry import dashboards
-from paid_telemetry.services import Service, find_binary, free_port, http_ok
+from paid_telemetry_ops import dashboards
+from paid_telemetry_ops.services import Service, find_binary, free_port, http_ok
 
 # -- queries ------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from paid_telemetry.services import (
+from paid_telemetry_ops.services import (
     REPO,
     Service,
     built_binary,
