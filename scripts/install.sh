@@ -40,12 +40,17 @@ for svc in prometheus prometheus-alertmanager prometheus-node-exporter prometheu
 done
 
 # Reinstall when the installed paid_telemetry is not this checkout's (an editable install of
-# another clone would otherwise be tested instead of this one).
-installed_from="$("$PY" -c "import paid_telemetry, temporalio, pytest, hypothesis, uvicorn, os; \
+# another clone would otherwise be tested instead of this one), or when pyproject.toml changed
+# since the last install from here (a new dependency).
+installed_from="$("$PY" -c "import paid_telemetry, paid_telemetry_ops, os; \
 print(os.path.realpath(os.path.dirname(paid_telemetry.__file__)))" 2>/dev/null || true)"
-if [ "$installed_from" != "$(realpath "$here/src/paid_telemetry")" ] || [ "${PAID_TELEMETRY_REINSTALL:-0}" = "1" ]; then
+stamp_dir="${PAID_TELEMETRY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/paid-telemetry}/pip"
+stamp="$stamp_dir/$( (realpath "$here"; cat pyproject.toml; "$PY" --version) | sha256sum | cut -c1-16)"
+if [ "$installed_from" != "$(realpath "$here/src/paid_telemetry")" ] || [ ! -e "$stamp" ] \
+   || [ "${PAID_TELEMETRY_REINSTALL:-0}" = "1" ]; then
   echo "install: pip install -e .[dev]" >&2
   "$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"
+  mkdir -p "$stamp_dir" && touch "$stamp"
 fi
 if [ "${PAID_TELEMETRY_SKIP_GO:-0}" != "1" ]; then
   bash scripts/build-collector.sh >/dev/null

@@ -164,7 +164,7 @@ def test_filter_variables_per_dashboard() -> None:
         for v in variables.values():
             if v["type"] == "query":
                 assert v["includeAll"] and v["allValue"] == ".*" and v["multi"]
-                assert v["definition"].startswith("label_values(")
+                assert v["query"]["query"].startswith("label_values(")
 
 
 def test_metric_names_are_in_the_catalogue_or_a_documented_exporter() -> None:
@@ -179,7 +179,7 @@ def test_metric_names_are_in_the_catalogue_or_a_documented_exporter() -> None:
                 seen |= names
         for v in d["templating"]["list"]:
             if v["type"] == "query":
-                name = variable_metric(v["definition"])
+                name = variable_metric(v["query"]["query"])
                 assert name in CATALOGUE_SERIES | EXTERNAL, f"{d['uid']} variable {v['name']}: {name}"
     # Every business metric of the catalogue is on some dashboard (but the dropped-records health one too).
     for inst in CATALOGUE:

@@ -75,7 +75,7 @@ def variable_queries(rendered: dict[str, dict[str, Any]] | None = None) -> list[
         for v in d["templating"]["list"]:
             if v["type"] != "query":
                 continue
-            m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", v["definition"])
+            m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", v["query"]["query"])
             if m:
                 out.append((d["uid"], v["name"], substitute(m.group(1)), m.group(2)))
     return out

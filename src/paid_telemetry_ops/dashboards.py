@@ -1,4 +1,4 @@
-"""Grafana dashboards for Paid, generated from code (pure stdlib).
+"""Grafana dashboards for Paid, generated from code with grafana-foundation-sdk (Grafana's typed builders).
 
 Why generated: five dashboards share one datasource variable, the same filters, units and
 links; writing them in code keeps those rules in one place, and lets the tests read every
@@ -16,12 +16,23 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grafana_foundation_sdk.builders import bargauge as bargauge_panel
+from grafana_foundation_sdk.builders import common, dashboard, prometheus
+from grafana_foundation_sdk.builders import stat as stat_panel
+from grafana_foundation_sdk.builders import table as table_panel
+from grafana_foundation_sdk.builders import timeseries as timeseries_panel
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as common_model
+from grafana_foundation_sdk.models import dashboard as dashboard_model
+from grafana_foundation_sdk.models import prometheus as prometheus_model
+
 from paid_telemetry_ops import external_metrics
 
-SCHEMA_VERSION = 38  # Grafana 10.2, the record's image (grafana/grafana:10.2.0)
 TAG = "paid"
 DS: dict[str, str] = {"type": "prometheus", "uid": "${datasource}"}
 GRID_WIDTH = 24
@@ -58,193 +69,178 @@ FAILING_WORKFLOW = "failed|timed_out"  # as WorkflowFailureRateHigh counts them;
 
 
 # -- builder -----------------------------------------------------------------------------
+# Panels are grafana-foundation-sdk builders (Grafana's own typed builders); these helpers
+# only fix Paid's conventions (datasource variable, unit required, legend and tooltip style).
+
+Panel = cogbuilder.Builder[Any]
 
 
-def target(expr: str, legend: str = "__auto", *, instant: bool = False, exemplar: bool = False) -> dict[str, Any]:
-    """One Prometheus query of a panel (refId is set by panel())."""
-    return {
-        "datasource": dict(DS),
-        "editorMode": "code",
-        "expr": expr,
-        "exemplar": exemplar,
-        "instant": instant,
-        "legendFormat": legend,
-        "range": not instant,
-    }
+@dataclass
+class _Sized:
+    """A panel builder with the size it asks for; :func:`dashboard` places it on the grid."""
+
+    builder: Any  # a panel or row builder of grafana-foundation-sdk
+    width: int
+    height: int
+    is_row: bool = False
 
 
-def panel(
-    kind: str,
+def _ds() -> dashboard_model.DataSourceRef:
+    return dashboard_model.DataSourceRef(type_val=DS["type"], uid=DS["uid"])
+
+
+def target(expr: str, legend: str = "__auto", *, instant: bool = False, exemplar: bool = False) -> prometheus.Dataquery:
+    """One Prometheus query of a panel (refId is set by the panel)."""
+    q = (
+        prometheus.Dataquery().datasource(_ds()).editor_mode(prometheus_model.QueryEditorMode.CODE)
+        .expr(expr).exemplar(exemplar).legend_format(legend)
+    )
+    return q.instant() if instant else q.range()
+
+
+def _common(
+    builder: Any,
     title: str,
-    targets: Iterable[dict[str, Any]],
+    targets: Iterable[prometheus.Dataquery],
     unit: str,
     *,
     description: str = "",
-    width: int = 12,
-    height: int = 8,
     minimum: float | None = None,
     maximum: float | None = None,
     decimals: int | None = None,
     thresholds: list[tuple[float | None, str]] | None = None,
-    options: dict[str, Any] | None = None,
-    custom: dict[str, Any] | None = None,
-    links: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """A panel of any kind; every panel gets the datasource variable and a unit."""
+    links: list[tuple[str, str]] | None = None,
+    palette: bool = False,
+) -> Any:
+    """Paid's rules for every panel: the datasource variable, a unit, thresholds, refIds A, B, ..."""
     if not unit:
         raise ValueError(f"panel {title!r}: a unit is required")
     steps = thresholds or [(None, "green")]
-    defaults: dict[str, Any] = {
-        "unit": unit,
-        "color": {"mode": "palette-classic" if kind == "timeseries" else "thresholds"},
-        "thresholds": {"mode": "absolute", "steps": [{"color": c, "value": v} for v, c in steps]},
-    }
+    builder = (
+        builder.title(title).description(description).datasource(_ds()).unit(unit)
+        .color_scheme(dashboard.FieldColor().mode(
+            dashboard_model.FieldColorModeId.PALETTE_CLASSIC if palette else dashboard_model.FieldColorModeId.THRESHOLDS
+        ))
+        .thresholds(dashboard.ThresholdsConfig().mode(dashboard_model.ThresholdsMode.ABSOLUTE).steps(
+            [dashboard_model.Threshold(value=v, color=c) for v, c in steps]
+        ))
+    )
     for key, value in (("min", minimum), ("max", maximum), ("decimals", decimals)):
         if value is not None:
-            defaults[key] = value
-    if custom:
-        defaults["custom"] = custom
-    tlist = list(targets)
-    for i, t in enumerate(tlist):
-        t["refId"] = chr(ord("A") + i)
-    out: dict[str, Any] = {
-        "type": kind,
-        "title": title,
-        "description": description,
-        "datasource": dict(DS),
-        "fieldConfig": {"defaults": defaults, "overrides": []},
-        "options": options or {},
-        "targets": tlist,
-        "gridPos": {"h": height, "w": width, "x": 0, "y": 0},
-    }
+            getattr(builder, key)(value)
+    for i, t in enumerate(targets):
+        builder.with_target(t.ref_id(chr(ord("A") + i)))
     if links:
-        out["links"] = links
+        builder.links([dashboard.DashboardLink(t).url(u) for t, u in links])
+    return builder
+
+
+def timeseries(title: str, targets: Iterable[prometheus.Dataquery], unit: str, *, stack: bool = False, width: int = 12,
+               height: int = 8, **kw: Any) -> _Sized:
+    """A time series panel (lines; stacked areas when ``stack``)."""
+    b = _common(timeseries_panel.Panel(), title, targets, unit, palette=True, **kw)
+    b.draw_style(common_model.GraphDrawStyle.LINE).line_width(1).fill_opacity(20 if stack else 0)
+    b.show_points(common_model.VisibilityMode.NEVER).span_nulls(False)
+    b.stacking(common.StackingConfig().mode(
+        common_model.StackingMode.NORMAL if stack else common_model.StackingMode.NONE).group("A"))
+    b.legend(common.VizLegendOptions().display_mode(common_model.LegendDisplayMode.TABLE)
+             .placement(common_model.LegendPlacement.BOTTOM).show_legend(True).calcs(["lastNotNull", "max"]))
+    b.tooltip(common.VizTooltipOptions().mode(common_model.TooltipDisplayMode.MULTI)
+              .sort(common_model.SortOrder.DESCENDING))
+    return _Sized(b, width, height)
+
+
+def _last_value() -> Any:
+    return common.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
+
+
+def stat(title: str, targets: Iterable[prometheus.Dataquery], unit: str, *, width: int = 6, height: int = 5,
+         **kw: Any) -> _Sized:
+    """A single number (the last value), coloured by thresholds."""
+    b = _common(stat_panel.Panel(), title, targets, unit, **kw)
+    b.reduce_options(_last_value()).color_mode(common_model.BigValueColorMode.VALUE)
+    b.graph_mode(common_model.BigValueGraphMode.AREA).justify_mode(common_model.BigValueJustifyMode.AUTO)
+    b.orientation(common_model.VizOrientation.AUTO).text_mode(common_model.BigValueTextMode.AUTO)
+    return _Sized(b, width, height)
+
+
+def bargauge(title: str, targets: Iterable[prometheus.Dataquery], unit: str, *, width: int = 12, height: int = 8,
+             **kw: Any) -> _Sized:
+    """Horizontal bars, one per series (e.g. one per project against its budget)."""
+    b = _common(bargauge_panel.Panel(), title, targets, unit, **kw)
+    b.reduce_options(_last_value()).display_mode(common_model.BarGaugeDisplayMode.GRADIENT)
+    b.orientation(common_model.VizOrientation.HORIZONTAL).show_unfilled(True)
+    b.value_mode(common_model.BarGaugeValueMode.COLOR).name_placement(common_model.BarGaugeNamePlacement.AUTO)
+    b.sizing(common_model.BarGaugeSizing.AUTO)
+    return _Sized(b, width, height)
+
+
+def table(title: str, targets: Iterable[prometheus.Dataquery], unit: str, *, width: int = 12, height: int = 8,
+          **kw: Any) -> _Sized:
+    """Instant query results as rows (one per series)."""
+    b = _common(table_panel.Panel(), title, targets, unit, **kw)
+    b.show_header(True).cell_height(common_model.TableCellHeight.SM)
+    b.footer(common.TableFooterOptions().show(False).reducer(["sum"]).fields([]))
+    return _Sized(b, width, height)
+
+
+def row(title: str) -> _Sized:
+    """A row header; it has no query, so neither datasource nor unit."""
+    return _Sized(dashboard.Row(title).collapsed(False), GRID_WIDTH, 1, is_row=True)
+
+
+def datasource_variable() -> Panel:
+    return dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus")
+
+
+def query_variable(name: str, query: str, label: str) -> Panel:
+    """A multi-value filter from ``label_values(...)``; All means ``.*`` (use it with ``=~``)."""
+    return (
+        dashboard.QueryVariable(name).label(label).datasource(_ds())
+        .query({"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery", "qryType": 1})
+        .include_all(True).all_value(".*").multi(True)
+        .current(dashboard_model.VariableOption(selected=True, text=["All"], value=["$__all"]))
+        .refresh(dashboard_model.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(dashboard_model.VariableSort.ALPHABETICAL_ASC)
+    )
+
+
+def dashboard_json(uid: str, title: str, description: str, panels: Iterable[_Sized],
+                   variables: Iterable[Panel] = (), *, tags: Iterable[str] = (),
+                   time_from: str = "now-6h") -> dict[str, Any]:
+    """A whole dashboard: datasource variable first, the Paid link bar, panels placed left to right
+    (wrapping at 24 columns; a row starts a new line), ids in order."""
+    d = (
+        dashboard.Dashboard(title).uid(uid).description(description).tags([TAG, *tags]).editable()
+        .tooltip(dashboard_model.DashboardCursorSync.CROSSHAIR).refresh("30s").time(time_from, "now")
+        .timezone("browser").version(1)
+        .link(dashboard.DashboardLink("Paid dashboards").type(dashboard_model.DashboardLinkType.DASHBOARDS)
+              .tags([TAG]).as_dropdown(False).include_vars(True).keep_time(True).target_blank(False))
+        .annotation(dashboard.AnnotationQuery().built_in(1).name("Annotations & Alerts").enable(True).hide(True)
+                    .icon_color("rgba(0, 211, 255, 1)").type("dashboard")
+                    .datasource(dashboard_model.DataSourceRef(type_val="grafana", uid="-- Grafana --")))
+        .with_variable(datasource_variable())
+    )
+    for variable in variables:
+        d.with_variable(variable)
+    x = y = line_h = 0
+    for pid, p in enumerate(panels, start=1):
+        if p.is_row or x + p.width > GRID_WIDTH:
+            x, y, line_h = 0, y + line_h, 0
+        p.builder.grid_pos(dashboard_model.GridPos(h=p.height, w=p.width, x=x, y=y)).id(pid)
+        if p.is_row:
+            d.with_row(p.builder)
+            y += p.height
+            continue
+        d.with_panel(p.builder)
+        x += p.width
+        line_h = max(line_h, p.height)
+    out: dict[str, Any] = json.loads(JSONEncoder(sort_keys=True).encode(d.build()))
     return out
 
 
-def timeseries(title: str, targets: Iterable[dict[str, Any]], unit: str, *, stack: bool = False,
-               **kw: Any) -> dict[str, Any]:
-    """A time series panel (lines; stacked areas when ``stack``)."""
-    custom = {
-        "drawStyle": "line", "lineWidth": 1, "fillOpacity": 20 if stack else 0, "showPoints": "never",
-        "spanNulls": False, "stacking": {"mode": "normal" if stack else "none", "group": "A"},
-    }
-    options = {
-        "legend": {"displayMode": "table", "placement": "bottom", "showLegend": True, "calcs": ["lastNotNull", "max"]},
-        "tooltip": {"mode": "multi", "sort": "desc"},
-    }
-    return panel("timeseries", title, targets, unit, custom=custom, options=options, **kw)
-
-
-def stat(title: str, targets: Iterable[dict[str, Any]], unit: str, **kw: Any) -> dict[str, Any]:
-    """A single number (the last value), coloured by thresholds."""
-    options = {
-        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-        "colorMode": "value", "graphMode": "area", "justifyMode": "auto", "orientation": "auto", "textMode": "auto",
-    }
-    kw.setdefault("width", 6)
-    kw.setdefault("height", 5)
-    return panel("stat", title, targets, unit, options=options, **kw)
-
-
-def bargauge(title: str, targets: Iterable[dict[str, Any]], unit: str, **kw: Any) -> dict[str, Any]:
-    """Horizontal bars, one per series (e.g. one per project against its budget)."""
-    options = {
-        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-        "displayMode": "gradient", "orientation": "horizontal", "showUnfilled": True,
-        "valueMode": "color", "namePlacement": "auto", "sizing": "auto",
-    }
-    return panel("bargauge", title, targets, unit, options=options, **kw)
-
-
-def table(title: str, targets: Iterable[dict[str, Any]], unit: str, **kw: Any) -> dict[str, Any]:
-    """Instant query results as rows (one per series)."""
-    options = {"showHeader": True, "cellHeight": "sm", "footer": {"show": False, "reducer": ["sum"], "fields": ""}}
-    return panel("table", title, targets, unit, options=options, **kw)
-
-
-def row(title: str) -> dict[str, Any]:
-    """A row header; it has no query, so neither datasource nor unit."""
-    return {"type": "row", "title": title, "collapsed": False, "panels": [],
-            "gridPos": {"h": 1, "w": GRID_WIDTH, "x": 0, "y": 0}}
-
-
-def layout(panels: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Place panels left to right, wrapping at 24 columns; rows start a new line. Sets ids."""
-    placed: list[dict[str, Any]] = []
-    x = y = line_h = 0
-    for pid, p in enumerate(panels, start=1):
-        pos = p["gridPos"]
-        if p["type"] == "row" or x + pos["w"] > GRID_WIDTH:
-            x, y, line_h = 0, y + line_h, 0
-        pos["x"], pos["y"] = x, y
-        p["id"] = pid
-        placed.append(p)
-        if p["type"] == "row":
-            y += pos["h"]
-            continue
-        x += pos["w"]
-        line_h = max(line_h, pos["h"])
-    return placed
-
-
-def datasource_variable() -> dict[str, Any]:
-    return {
-        "type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus",
-        "current": {}, "hide": 0, "includeAll": False, "multi": False, "options": [], "refresh": 1,
-        "regex": "", "skipUrlSync": False,
-    }
-
-
-def query_variable(name: str, query: str, label: str) -> dict[str, Any]:
-    """A multi-value filter from ``label_values(...)``; All means ``.*`` (use it with ``=~``)."""
-    return {
-        "type": "query", "name": name, "label": label, "datasource": dict(DS),
-        "definition": query,
-        "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery", "qryType": 1},
-        "includeAll": True, "allValue": ".*", "multi": True,
-        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        "hide": 0, "options": [], "refresh": 2, "regex": "", "skipUrlSync": False, "sort": 1,
-    }
-
-
-def dashboard(uid: str, title: str, description: str, panels: Iterable[dict[str, Any]],
-              variables: Iterable[dict[str, Any]] = (), *, tags: Iterable[str] = (),
-              time_from: str = "now-6h") -> dict[str, Any]:
-    """A whole dashboard: datasource variable first, the Paid link bar, laid-out panels."""
-    return {
-        "uid": uid,
-        "title": title,
-        "description": description,
-        "tags": [TAG, *tags],
-        "editable": True,
-        "graphTooltip": 1,
-        "schemaVersion": SCHEMA_VERSION,
-        "version": 1,
-        "refresh": "30s",
-        "time": {"from": time_from, "to": "now"},
-        "timepicker": {},
-        "timezone": "browser",
-        "fiscalYearStartMonth": 0,
-        "liveNow": False,
-        "weekStart": "",
-        "annotations": {"list": [{
-            "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
-            "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard",
-        }]},
-        "links": [{
-            "title": "Paid dashboards", "type": "dashboards", "tags": [TAG], "asDropdown": False,
-            "includeVars": True, "keepTime": True, "icon": "external link", "targetBlank": False,
-            "tooltip": "", "url": "",
-        }],
-        "templating": {"list": [datasource_variable(), *variables]},
-        "panels": layout(panels),
-    }
-
-
-def link(title: str, uid: str) -> dict[str, Any]:
+def link(title: str, uid: str) -> tuple[str, str]:
     """A panel link to another Paid dashboard, keeping time range and project filter."""
-    return {"title": title, "url": f"/d/{uid}?${{__url_time_range}}&${{project_id:queryparam}}"}
+    return title, f"/d/{uid}?${{__url_time_range}}&${{project_id:queryparam}}"
 
 
 # -- helpers for PromQL -------------------------------------------------------------------
@@ -278,7 +274,7 @@ BUDGET_THRESHOLDS: list[tuple[float | None, str]] = [(None, "green"), (0.8, "ora
 # -- the dashboards -----------------------------------------------------------------------
 
 
-def project_var() -> dict[str, Any]:
+def project_var() -> Panel:
     return query_variable("project_id", "label_values(paid_agent_runs_total, project_id)", "Project")
 
 
@@ -328,7 +324,7 @@ def overview() -> dict[str, Any]:
                                                         "{{reason}}")], "opm",
                    description="Inputs paid-telemetry dropped or rewrote (bad values, cardinality overflow)."),
     ]
-    return dashboard("paid-overview", "Paid / Overview", "Is Paid healthy right now.", panels, [project_var()],
+    return dashboard_json("paid-overview", "Paid / Overview", "Is Paid healthy right now.", panels, [project_var()],
                      tags=["overview"])
 
 
@@ -380,7 +376,7 @@ def agents() -> dict[str, Any]:
         query_variable("prompt_slug", 'label_values(paid_quality_score_count{project_id=~"$project_id"}, prompt_slug)',
                        "Prompt"),
     ]
-    return dashboard("paid-agents", "Paid / Agents", "Agent runs, durations, iterations and quality.",
+    return dashboard_json("paid-agents", "Paid / Agents", "Agent runs, durations, iterations and quality.",
                      panels, variables, tags=["agents"])
 
 
@@ -424,7 +420,7 @@ def cost() -> dict[str, Any]:
     variables = [project_var(),
                  query_variable("provider", 'label_values(paid_tokens_total{project_id=~"$project_id"}, provider)',
                                 "Provider")]
-    return dashboard("paid-cost", "Paid / Cost", "LLM tokens and spend against each project's daily budget.",
+    return dashboard_json("paid-cost", "Paid / Cost", "LLM tokens and spend against each project's daily budget.",
                      panels, variables, tags=["cost"], time_from="now-24h")
 
 
@@ -478,7 +474,7 @@ def workflows() -> dict[str, Any]:
         query_variable("workflow_type", "label_values(paid_workflow_started_total, workflow_type)", "Workflow type"),
         query_variable("task_queue", f"label_values({TEMPORAL_SLOTS_AVAILABLE}, task_queue)", "Task queue"),
     ]
-    return dashboard("paid-workflows", "Paid / Workflows", "Workflows, activities and the Temporal workers.",
+    return dashboard_json("paid-workflows", "Paid / Workflows", "Workflows, activities and the Temporal workers.",
                      panels, variables, tags=["workflows", "temporal"])
 
 
@@ -568,7 +564,7 @@ def infrastructure() -> dict[str, Any]:
         query_variable("instance", "label_values(node_uname_info, instance)", "Node"),
         query_variable("datname", "label_values(pg_stat_database_xact_commit, datname)", "Database"),
     ]
-    return dashboard("paid-infrastructure", "Paid / Infrastructure",
+    return dashboard_json("paid-infrastructure", "Paid / Infrastructure",
                      "Node, containers, PostgreSQL and the OpenTelemetry Collector.",
                      panels, variables, tags=["infrastructure"], time_from="now-3h")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import io
 import json
 import logging
 import math
@@ -103,28 +104,38 @@ def _examples(module: str = "") -> Any:
 
 # -- progress -------------------------------------------------------------------------------
 class Progress:
-    """One updating line on a terminal; a line per quarter otherwise (logs, CI, tests)."""
+    """A rich progress bar on a terminal; a plain line per quarter otherwise (logs, CI, tests)."""
 
     def __init__(self, total: int, out: TextIO) -> None:
         self.total, self.out = total, out
         self.done: Counter[str] = Counter()
         self.start = time.monotonic()
-        self.tty = out.isatty()
         self._last_quarter = 0
+        self._bar: Any = None
+        if out.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                TextColumn("  sessions"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                TimeElapsedColumn(), console=Console(file=out),
+            )
+            self._task = self._bar.add_task("", total=total)
+            self._bar.start()
 
     def advance(self, status: str) -> None:
         self.done[status] += 1
         n = sum(self.done.values())
-        width = 30
-        bar = "#" * (width * n // self.total) + "." * (width - width * n // self.total)
-        line = (f"  sessions [{bar}] {n}/{self.total}  completed {self.done['completed']}"
-                f"  failed {self.done['failed']}  {time.monotonic() - self.start:.1f}s")
-        if self.tty:
-            self.out.write("\r" + line + ("\n" if n == self.total else ""))
+        summary = f"completed {self.done['completed']}  failed {self.done['failed']}"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=n, description=summary)
+            if n == self.total:
+                self._bar.stop()
         elif 4 * n // self.total > self._last_quarter or n == self.total:
             self._last_quarter = 4 * n // self.total
-            self.out.write(line + "\n")
-        self.out.flush()
+            self.out.write(f"  sessions {n}/{self.total}  {summary}  {time.monotonic() - self.start:.1f}s\n")
+            self.out.flush()
 
 
 # -- running the sessions -------------------------------------------------------------------
@@ -243,26 +254,37 @@ def bucket_bound(buckets: dict[float, float], q: float = 0.95) -> float:
 
 def render(reports: list[RunReport], view: MetricsView, costly: str) -> tuple[str, bool]:
     """The summary table (from the metrics) and the truth line; and whether they agree."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
     truth: Counter[str] = Counter(r.status for r in reports)
     durations: dict[str, list[float]] = defaultdict(list)
     for r in reports:
         durations[r.project_id].append(r.duration_seconds)
     projects = sorted({p for p, _ in view.runs} | set(durations))
-    head = f"  {'project':<16} {'runs':>5} {'completed':>10} {'failed':>7} {'p95 s':>7} {'tokens':>12} {'cost $':>9}"
-    lines = [f"Agent runs by project (from {view.source}):", head, "  " + "-" * (len(head) - 2)]
+    grid = Table(title=f"Agent runs by project (from {view.source}):", title_justify="left", box=box.SIMPLE_HEAD,
+                 show_footer=True, padding=(0, 1), pad_edge=True)
     tot: Counter[str] = Counter()
+    rows: list[tuple[str, ...]] = []
     for project in projects:
         done = view.runs.get((project, "completed"), 0.0)
         failed = view.runs.get((project, "failed"), 0.0)
         n = sum(v for (p, _s), v in view.runs.items() if p == project)
         name = f"{project} (costly)" if project == costly else project
-        lines.append(f"  {name:<16} {int(n):>5} {int(done):>10} {int(failed):>7} {p95(durations[project]):>7.2f}"
-                     f" {int(view.tokens.get(project, 0)):>12,} {view.cost_cents.get(project, 0) / 100:>9.2f}")
+        rows.append((name, f"{int(n)}", f"{int(done)}", f"{int(failed)}", f"{p95(durations[project]):.2f}",
+                     f"{int(view.tokens.get(project, 0)):,}", f"{view.cost_cents.get(project, 0) / 100:.2f}"))
         tot.update({"runs": int(n), "completed": int(done), "failed": int(failed)})
     all_durations = [r.duration_seconds for r in reports]
-    lines.append(f"  {'total':<16} {tot['runs']:>5} {tot['completed']:>10} {tot['failed']:>7}"
-                 f" {p95(all_durations):>7.2f} {int(sum(view.tokens.values())):>12,}"
-                 f" {sum(view.cost_cents.values()) / 100:>9.2f}")
+    footer = ("total", f"{tot['runs']}", f"{tot['completed']}", f"{tot['failed']}", f"{p95(all_durations):.2f}",
+              f"{int(sum(view.tokens.values())):,}", f"{sum(view.cost_cents.values()) / 100:.2f}")
+    for i, head in enumerate(("project", "runs", "completed", "failed", "p95 s", "tokens", "cost $")):
+        grid.add_column(head, footer=footer[i], justify="left" if i == 0 else "right", no_wrap=True)
+    for cells in rows:
+        grid.add_row(*cells)
+    console = Console(width=100, record=True, file=io.StringIO(), color_system=None)
+    console.print(grid)
+    lines = [line.rstrip() for line in console.export_text().splitlines()]
     bound = bucket_bound(view.duration_buckets)
     lines += [
         "",
