@@ -281,9 +281,16 @@ def test_workflow_queue_depth_fires_from_the_real_temporal_backlog(tmp_path: Pat
 
         alerts = wait_until(firing, "WorkflowQueueDepthHigh firing from approximate_backlog_count")
         # Both queues are in the sum (the server sanitises '-' to '_' in the label), only one fires.
-        depth = {r["metric"]["taskqueue"]: float(r["value"][1])
-                 for r in query(url, 'job_taskqueue:approximate_backlog_count:sum{namespace="default"}')}
-        assert depth == {"agent_backlog": 101.0, "just_full": 100.0}
+        # The server refreshes each partition's approximate count on its own schedule: wait for both.
+        expected = {"agent_backlog": 101.0, "just_full": 100.0}
+
+        def depth() -> dict[str, float] | None:
+            got = {r["metric"]["taskqueue"]: float(r["value"][1])
+                   for r in query(url, 'job_taskqueue:approximate_backlog_count:sum{namespace="default"}')}
+            return got if got == expected else None
+
+        assert wait_until(depth, "both backlogs at their exact size") == expected
+        alerts = firing()
         assert [a["labels"] for a in alerts] == [{
             "alertname": "WorkflowQueueDepthHigh", "severity": "warning", "team": "product", "job": "temporal",
             "namespace": "default", "taskqueue": "agent_backlog", "task_type": "Workflow",

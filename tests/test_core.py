@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -394,3 +395,19 @@ def test_providers_installed_by_another_tool_are_reused() -> None:
     assert out.returncode == 0, out.stderr
     assert "reusing the global tracer and meter providers another tool installed" in out.stdout
     assert "METRICS True SPANS ['invoke_agent a'] OWNS False" in out.stdout
+
+
+def test_configure_leaves_the_process_environment_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK's self-metrics are switched on for our processors only, not for the whole process."""
+    monkeypatch.delenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", raising=False)
+    before = dict(os.environ)
+    rec = make_recorded()
+    try:
+        with pt.agent_run(project_id="p", agent_type="a"):
+            pass
+        assert dict(os.environ) == before
+        names = {m.name for rm in rec.reader.get_metrics_data().resource_metrics
+                 for sm in rm.scope_metrics for m in sm.metrics}
+        assert "otel.sdk.span.started" in names  # ...and our tracer still reports its spans
+    finally:
+        pt.shutdown()

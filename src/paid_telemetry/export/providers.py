@@ -129,23 +129,24 @@ def build(
     if s.service_version:
         attrs["service.version"] = s.service_version
     resource = Resource.create(attrs)
-    readers = list(metric_readers)
-    endpoint = None
-    if s.exporter == "prometheus":
-        from paid_telemetry.export.prometheus import start_endpoint
-
-        endpoint = start_endpoint(s.prometheus_host, s.prometheus_port)
-        readers.append(endpoint.reader)
-    else:
-        exporter = otlp.metric_exporter(s)
-        if exporter is not None:
-            readers.append(PeriodicExportingMetricReader(
-                exporter, export_interval_millis=s.metric_export_interval_ms,
-                export_timeout_millis=s.export_timeout_s * 1000,
-            ))
-    mp = MeterProvider(metric_readers=readers, resource=resource, views=views(s.cardinality_limit),
-                       shutdown_on_exit=False)
+    # Every component built here reads OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED when it is made.
     with _sdk_self_metrics():
+        readers = list(metric_readers)
+        endpoint = None
+        if s.exporter == "prometheus":
+            from paid_telemetry.export.prometheus import start_endpoint
+
+            endpoint = start_endpoint(s.prometheus_host, s.prometheus_port)
+            readers.append(endpoint.reader)
+        else:
+            exporter = otlp.metric_exporter(s)
+            if exporter is not None:
+                readers.append(PeriodicExportingMetricReader(
+                    exporter, export_interval_millis=s.metric_export_interval_ms,
+                    export_timeout_millis=s.export_timeout_s * 1000,
+                ))
+        mp = MeterProvider(metric_readers=readers, resource=resource, views=views(s.cardinality_limit),
+                           shutdown_on_exit=False)
         # The SDK's own span metrics go to this provider, not to whatever is global (after a
         # reconfigure the global one is an older, shut-down provider).
         tp = TracerProvider(resource=resource, shutdown_on_exit=False, meter_provider=mp)
@@ -160,6 +161,7 @@ def build(
         lp = None
         if s.logs and (s.exporter in ("otlp", "console") or log_processors):
             lp = _logger_provider(s, resource, mp, log_processors)
+        tracer = tp.get_tracer(SCOPE, VERSION)  # a tracer reads the variable too, when it is made
     # Only a complete foreign set-up is reused (above); otherwise ours serve paid-telemetry
     # and fill whichever global slot is still free, for other libraries' benefit.
     if foreign_tp is None:
@@ -167,7 +169,7 @@ def build(
     if foreign_mp is None:
         _install_global_meter(mp)
     return Providers(
-        meter=mp.get_meter(SCOPE, VERSION), tracer=tp.get_tracer(SCOPE, VERSION), meter_provider=mp,
+        meter=mp.get_meter(SCOPE, VERSION), tracer=tracer, meter_provider=mp,
         tracer_provider=tp, logger_provider=lp, owned=True, endpoint=endpoint,
     )
 
