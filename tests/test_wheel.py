@@ -78,7 +78,7 @@ def test_wheel_in_a_fresh_venv_runs_every_cli_verb(tmp_path: Path) -> None:
     proc = run([*pip, str(wheel)], cwd=home, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     helptext = run([cli, "--help"], cwd=home, env=env)
-    assert helptext.returncode == 0 and VERBS <= set(re.findall(r"\b(\w+)\b", helptext.stdout)), helptext.stdout
+    assert helptext.returncode == 0 and set(re.findall(r"\b(\w+)\b", helptext.stdout)) >= VERBS, helptext.stdout
     for verb in VERBS:
         assert run([cli, verb, "--help"], cwd=home, env=env).returncode == 0, verb
     docs = run([cli, "docs", "metrics"], cwd=home, env=env)
