@@ -15,7 +15,8 @@ from paid_telemetry_ops import assets
 from paid_telemetry_ops.services import MissingBinary
 
 # Optional packages -> the extra that brings them (pyproject.toml).
-_EXTRAS = {"yaml": "ops", "temporalio": "demo", "httpx": "demo", "uvicorn": "demo", "starlette": "demo",
+_EXTRAS = {"yaml": "ops", "grafana_foundation_sdk": "ops",
+           "temporalio": "demo", "httpx": "demo", "uvicorn": "demo", "starlette": "demo",
            "opentelemetry": "demo"}
 
 
