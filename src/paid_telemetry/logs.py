@@ -48,22 +48,48 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 
 # -- processors -------------------------------------------------------------------------
+# Attribute an integration sets on an exception raised inside a span: (trace_id hex, span_id hex).
+# Lines a library logs about that exception *after* the span ended (temporalio's "Completing
+# activity as failed") still get the span's ids.
+EXC_SPAN_CONTEXT_ATTR = "__paid_span_context__"
+
+
 def add_trace_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """Add ``trace_id`` (32 hex) and ``span_id`` (16 hex) of the active OpenTelemetry span.
 
     A plain structlog processor: put it in any chain. Values the caller set explicitly win.
     Reads only a context variable, so it is safe inside the Temporal workflow sandbox.
+    Without an active span, the ids stamped on the line's exception (:data:`EXC_SPAN_CONTEXT_ATTR`) are used.
     """
     try:
         ctx = otel_trace.get_current_span().get_span_context()
         if ctx.is_valid:
-            if "trace_id" not in event_dict:
-                event_dict["trace_id"] = format(ctx.trace_id, "032x")
-            if "span_id" not in event_dict:
-                event_dict["span_id"] = format(ctx.span_id, "016x")
+            ids = (format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"))
+        else:
+            stamped = getattr(_line_exception(event_dict), EXC_SPAN_CONTEXT_ATTR, None)
+            if not (isinstance(stamped, tuple) and len(stamped) == 2):
+                return event_dict
+            ids = stamped
+        event_dict.setdefault("trace_id", ids[0])
+        event_dict.setdefault("span_id", ids[1])
     except Exception:  # a broken context must not lose the line
         pass
     return event_dict
+
+
+def _line_exception(event_dict: EventDict) -> BaseException | None:
+    """The exception a line is about: structlog's ``exc_info`` or the standard-library record's."""
+    info = event_dict.get("exc_info")
+    record = event_dict.get("_record")
+    if not info and record is not None:
+        info = getattr(record, "exc_info", None)
+    if info is True:
+        info = sys.exc_info()
+    if isinstance(info, BaseException):
+        return info
+    if isinstance(info, tuple) and len(info) == 3 and isinstance(info[1], BaseException):
+        return info[1]
+    return None
 
 
 def add_agent_run_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:

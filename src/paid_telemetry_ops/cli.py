@@ -1,18 +1,27 @@
-"""``paid-telemetry``: demo, local stack, generated docs."""
+"""``paid-telemetry``: demo, local stack, generated docs.
+
+Installed from a wheel, the commands use the configs shipped as package data; ``init DIR``
+copies them (and docker-compose.yml, the example platform) to a directory of your own.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from paid_telemetry_ops.services import REPO
+from paid_telemetry_ops import assets
+from paid_telemetry_ops.services import MissingBinary
+
+# Optional packages -> the extra that brings them (pyproject.toml).
+_EXTRAS = {"yaml": "ops", "grafana_foundation_sdk": "ops",
+           "temporalio": "demo", "httpx": "demo", "uvicorn": "demo", "starlette": "demo",
+           "opentelemetry": "demo"}
 
 
 def _stack_dir() -> Path:
-    return Path(os.environ.get("PAID_TELEMETRY_STACK_DIR", REPO / ".stack"))
+    return assets.state_dir()
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:
@@ -42,6 +51,19 @@ def _cmd_stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    dest = Path(args.directory)
+    try:
+        written = assets.init(dest, force=args.force)
+    except FileExistsError as exc:
+        print(f"paid-telemetry init: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    print(f"wrote the stack's configs to {dest} (docker compose: see docker-compose.yml there)", file=sys.stderr)
+    return 0
+
+
 def _cmd_docs(args: argparse.Namespace) -> int:
     from paid_telemetry.catalogue import render_markdown
 
@@ -52,7 +74,7 @@ def _cmd_docs(args: argparse.Namespace) -> int:
 def _cmd_dashboards(args: argparse.Namespace) -> int:
     from paid_telemetry_ops.dashboards import write_all
 
-    for path in write_all(Path(args.directory)):
+    for path in write_all(Path(args.directory) if args.directory else assets.dashboards_dir()):
         print(path)
     return 0
 
@@ -83,13 +105,32 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("action", choices=["up", "down", "status"])
     st.set_defaults(func=_cmd_stack)
     dash = sub.add_parser("dashboards", help="regenerate the Grafana dashboards from paid_telemetry_ops.dashboards")
-    dash.add_argument("directory", nargs="?", default=str(REPO / "grafana" / "dashboards"))
+    dash.add_argument("directory", nargs="?", default=None,
+                      help="default: the checkout's grafana/dashboards, else ./grafana/dashboards")
     dash.set_defaults(func=_cmd_dashboards)
+    init = sub.add_parser("init", help="copy the stack's configs, docker-compose.yml and the example platform to DIR")
+    init.add_argument("directory")
+    init.add_argument("--force", action="store_true", help="overwrite files that exist")
+    init.set_defaults(func=_cmd_init)
     docs = sub.add_parser("docs", help="print generated docs")
     docs.add_argument("what", choices=["metrics"])
     docs.set_defaults(func=_cmd_docs)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    from paid_telemetry_ops.stack import MissingDependency
+
+    try:
+        return int(args.func(args))
+    except (MissingBinary, assets.MissingAsset, MissingDependency) as exc:
+        print(f"paid-telemetry {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in _EXTRAS:
+            raise
+        extra = "demo" if args.command == "demo" else _EXTRAS[top]
+        print(f"paid-telemetry {args.command} needs the Python package {exc.name!r}, which is not installed: "
+              f"pip install 'paid-telemetry[{extra}]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

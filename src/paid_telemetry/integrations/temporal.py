@@ -21,6 +21,10 @@ spans) that records with our instruments outside the sandbox's restrictions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -42,6 +46,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("paid_telemetry.temporal needs temporalio: pip install 'paid-telemetry[temporal]'") from exc
 
 from paid_telemetry import runtime
+from paid_telemetry.logs import EXC_SPAN_CONTEXT_ATTR
 
 __all__ = [
     "SANDBOX_PASSTHROUGH",
@@ -111,8 +116,9 @@ class TelemetryInterceptor(temporalio.client.Interceptor, temporalio.worker.Inte
     ) -> temporalio.worker.ActivityInboundInterceptor:
         if _in_chain(next, _PaidActivityInbound):
             return next
-        inner = self._tracing.intercept_activity(next) if self._tracing is not None else next
-        return _PaidActivityInbound(inner)
+        if self._tracing is None:
+            return _PaidActivityInbound(next)
+        return _PaidActivityInbound(self._tracing.intercept_activity(_StampSpanOnError(next)))
 
     def workflow_interceptor_class(
         self, input: temporalio.worker.WorkflowInterceptorClassInput
@@ -154,6 +160,24 @@ class _PaidNexusInbound(temporalio.worker.NexusOperationInboundInterceptor):
 
 
 # -- activities -----------------------------------------------------------------------------
+class _StampSpanOnError(temporalio.worker.ActivityInboundInterceptor):
+    """Innermost, inside the activity's span: stamps the span's ids on an exception it raises.
+
+    temporalio logs "Completing activity as failed" after the interceptors returned (the span has
+    ended); paid_telemetry.logs.add_trace_context reads the stamp, so that line carries the trace.
+    """
+
+    async def execute_activity(self, input: temporalio.worker.ExecuteActivityInput) -> Any:
+        try:
+            return await self.next.execute_activity(input)
+        except BaseException as err:
+            ctx = opentelemetry.trace.get_current_span().get_span_context()
+            if ctx.is_valid and not hasattr(err, EXC_SPAN_CONTEXT_ATTR):
+                with contextlib.suppress(Exception):  # e.g. exceptions with __slots__
+                    setattr(err, EXC_SPAN_CONTEXT_ATTR, (format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")))
+            raise
+
+
 class _PaidActivityInbound(temporalio.worker.ActivityInboundInterceptor):
     """Counts each activity attempt by outcome, its duration, and retries (attempt > 1)."""
 
@@ -287,12 +311,19 @@ def sandbox_runner(*extra_passthrough: str, base: SandboxRestrictions | None = N
 
 
 # -- Temporal SDK metrics -------------------------------------------------------------------
+TEMPORAL_METRICS_PORT = 9465
+TEMPORAL_METRICS_PORT_RANGE = 16
+_ENV_PORT = "PAID_TELEMETRY_TEMPORAL_METRICS_PORT"
+_ENV_RANGE = "PAID_TELEMETRY_TEMPORAL_METRICS_PORT_RANGE"
+log = logging.getLogger("paid_telemetry")
+
+
 def temporal_runtime(
     mode: Literal["otlp", "prometheus"] | None = None,
     *,
     otlp_endpoint: str | None = None,
     otlp_http: bool | None = None,
-    prometheus_bind: str = "127.0.0.1:9465",
+    prometheus_bind: str | None = None,
     metric_periodicity: timedelta | None = None,
     global_tags: Mapping[str, str] | None = None,
     histogram_bucket_overrides: Mapping[str, Sequence[float]] | None = None,
@@ -300,14 +331,21 @@ def temporal_runtime(
     """A Temporal ``Runtime`` whose SDK (Core) metrics join Paid's pipeline, durations in seconds.
 
     ``otlp``: pushed to the collector (default endpoint and protocol: those of
-    ``configure()``). ``prometheus``: served at ``http://{prometheus_bind}/metrics`` for
-    the embedded set-up. ``mode=None`` follows the configured exporter (otlp -> otlp,
-    anything else -> prometheus). Pass the result as ``Client.connect(..., runtime=...)``.
+    ``configure()``). ``prometheus``: served at ``http://127.0.0.1:PORT/metrics`` for the embedded
+    set-up, PORT the first free one of ``PAID_TELEMETRY_TEMPORAL_METRICS_PORT`` (default 9465) ..
+    ``+ PAID_TELEMETRY_TEMPORAL_METRICS_PORT_RANGE - 1`` (default 16), else an ephemeral port, with
+    a warning saying which (two workers on one host do not collide); an explicit
+    ``prometheus_bind="host:port"`` is used as given. ``mode=None`` follows the configured exporter
+    (otlp -> otlp, anything else -> prometheus). Pass the result as ``Client.connect(..., runtime=...)``.
+
+    A Runtime has no flush or shutdown in temporalio's Python API: in ``otlp`` mode the points
+    since the last push (``metric_periodicity``, default the configured export interval) are lost
+    when the process ends; docs/temporal.md.
     """
     settings = runtime.current().settings
     if mode is None:
         mode = "otlp" if settings.exporter == "otlp" else "prometheus"
-    metrics: temporalio.runtime.OpenTelemetryConfig | temporalio.runtime.PrometheusConfig
+    tags = dict(global_tags or {})
     if mode == "otlp":
         http = (settings.otlp_protocol != "grpc") if otlp_http is None else otlp_http
         url = otlp_endpoint or settings.otlp_endpoint
@@ -318,13 +356,44 @@ def temporal_runtime(
             metric_periodicity=metric_periodicity or timedelta(milliseconds=settings.metric_export_interval_ms),
             histogram_bucket_overrides=histogram_bucket_overrides,
         )
-    elif mode == "prometheus":
-        metrics = temporalio.runtime.PrometheusConfig(
-            bind_address=prometheus_bind, durations_as_seconds=True,
-            histogram_bucket_overrides=histogram_bucket_overrides,
-        )
-    else:
+        return temporalio.runtime.Runtime(telemetry=temporalio.runtime.TelemetryConfig(metrics=metrics,
+                                                                                       global_tags=tags))
+    if mode != "prometheus":
         raise ValueError(f"mode must be 'otlp' or 'prometheus', not {mode!r}")
-    telemetry = temporalio.runtime.TelemetryConfig(metrics=metrics, global_tags=dict(global_tags or {}))
-    return temporalio.runtime.Runtime(telemetry=telemetry)
+    if prometheus_bind is not None:
+        host, _, port_text = prometheus_bind.rpartition(":")
+        return _prometheus_runtime(host, [int(port_text)], tags, histogram_bucket_overrides)
+    port = int(os.environ.get(_ENV_PORT) or TEMPORAL_METRICS_PORT)
+    width = max(1, int(os.environ.get(_ENV_RANGE) or TEMPORAL_METRICS_PORT_RANGE))
+    candidates = [p for p in range(port, port + width) if 0 < p < 65536] if port else []
+    return _prometheus_runtime("127.0.0.1", [*candidates, 0], tags, histogram_bucket_overrides, wanted=port,
+                               last=port + width - 1)
 
+
+def _prometheus_runtime(host: str, ports: list[int], tags: dict[str, str],
+                        buckets: Mapping[str, Sequence[float]] | None, *, wanted: int | None = None,
+                        last: int | None = None) -> temporalio.runtime.Runtime:
+    """The first of ``ports`` that binds (0: an ephemeral port, picked here so it can be reported)."""
+    for i, port in enumerate(ports):
+        if port == 0:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = int(s.getsockname()[1])
+        config = temporalio.runtime.PrometheusConfig(bind_address=f"{host}:{port}", durations_as_seconds=True,
+                                                     histogram_bucket_overrides=buckets)
+        try:
+            rt = temporalio.runtime.Runtime(telemetry=temporalio.runtime.TelemetryConfig(metrics=config,
+                                                                                         global_tags=tags))
+        except ValueError as exc:
+            if "in use" in str(exc) and i + 1 < len(ports):
+                continue
+            raise
+        if wanted and port != wanted:
+            log.warning("paid-telemetry: Temporal SDK metrics port %s is busy; serving them at http://%s:%s/metrics "
+                        "(%s). Scrape ports %s-%s (%s .. +%s-1)", wanted, host, port,
+                        "outside the range, on an ephemeral port" if last is not None and port > last
+                        else "the next free port", wanted, last, _ENV_PORT, _ENV_RANGE)
+        else:
+            log.info("paid-telemetry: Temporal SDK metrics at http://%s:%s/metrics", host, port)
+        return rt
+    raise AssertionError("unreachable: the last candidate binds or raises")
