@@ -231,7 +231,7 @@ def _parse_bool(text: str) -> bool:
         return True
     if t in _FALSE:
         return False
-    raise _Bad("one of " + ", ".join(_TRUE + _FALSE))
+    raise _Bad("true or false (or 1/0, yes/no, on/off)")
 
 
 def _text(max_len: int, *, empty: bool = False) -> tuple[Check, Parse]:

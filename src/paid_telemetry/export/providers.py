@@ -8,6 +8,7 @@ bounded so a dead collector never holds the application.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -130,7 +131,8 @@ def build(
         return Providers(meter=foreign_mp.get_meter(SCOPE, VERSION), tracer=foreign_tp.get_tracer(SCOPE, VERSION))
     built: list[Any] = []  # what to release if a later step fails
     try:
-        return _build_own(s, metric_readers, span_processors, log_processors, previous, built)
+        with _sdk_enabled():
+            return _build_own(s, metric_readers, span_processors, log_processors, previous, built)
     except BaseException:
         for thing in reversed(built):
             with contextlib.suppress(Exception):
@@ -204,7 +206,10 @@ def _build_own(
         meter=mp.get_meter(SCOPE, VERSION), tracer=tp.get_tracer(SCOPE, VERSION), meter_provider=mp,
         tracer_provider=tp, logger_provider=lp, owned=True, endpoint=endpoint,
     )
-    providers.endpoint_at = (s.prometheus_host, s.prometheus_port) if s.metrics_exporter == "prometheus" else None
+    if endpoint is not None:  # the port actually bound, so configure(prometheus_port=<it>) reuses it
+        providers.endpoint_at = (s.prometheus_host, int(endpoint.server.server_address[1]))
+    elif adopt is not None and previous is not None:
+        providers.endpoint_at = previous.endpoint_at
     providers.adopt_reader = adopt
     return providers
 
@@ -222,10 +227,12 @@ def _start_endpoint(s: Settings) -> Any:
                              f"cannot resolve it: {exc.strerror or exc}") from None
     except (OSError, OverflowError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
-        raise settings_error(
-            s, "prometheus_port", "a free port on that host (or 0 for any free port)",
-            f"cannot listen on {s.prometheus_host}:{s.prometheus_port}: {reason}",
-        ) from None
+        detail = f"cannot listen on {s.prometheus_host}:{s.prometheus_port}: {reason}"
+        if getattr(exc, "errno", None) == errno.EADDRNOTAVAIL:
+            raise settings_error(s, "prometheus_host", "an address of this machine, such as 127.0.0.1",
+                                 detail) from None
+        raise settings_error(s, "prometheus_port", "a free port on that host (or 0 for any free port)",
+                             detail) from None
 
 
 def _exporter(s: Settings, signal: str, make: Any) -> Any:
@@ -273,6 +280,18 @@ def _serve_reader(endpoint: Any, reader: Any) -> None:
     """Have a running /metrics server serve ``reader`` from now on."""
     endpoint.reader = reader
     endpoint.server.RequestHandlerClass.reader = reader
+
+
+@contextlib.contextmanager
+def _sdk_enabled() -> Iterator[None]:
+    """The SDK providers read OTEL_SDK_DISABLED when built; settings already decided (an
+    argument ``disabled=False`` wins over the variable), so hide it while building."""
+    before = os.environ.pop("OTEL_SDK_DISABLED", None)
+    try:
+        yield
+    finally:
+        if before is not None:
+            os.environ["OTEL_SDK_DISABLED"] = before
 
 
 @contextlib.contextmanager
