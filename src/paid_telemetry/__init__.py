@@ -14,11 +14,12 @@ from paid_telemetry.events import external_call, record_pull_request, workflow
 from paid_telemetry.guard import TelemetryInputError
 from paid_telemetry.lifecycle import configure, force_flush, shutdown
 from paid_telemetry.runtime import Telemetry
-from paid_telemetry.settings import Settings
+from paid_telemetry.settings import ConfigurationError, Settings
 
 __all__ = [
     "CATALOGUE",
     "AgentRun",
+    "ConfigurationError",
     "Instrument",
     "Settings",
     "Telemetry",

@@ -1,6 +1,14 @@
-"""OTLP (and console) exporters for metrics, spans and log records, chosen from the settings.
+"""OTLP (and console) exporters for metrics, spans and log records, chosen per signal.
 
 Each exporter is imported lazily: a process that serves /metrics never loads gRPC.
+
+What we pass and what the exporters read themselves: we pass the endpoint (the
+signal-specific ``OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT`` as-is, else the base endpoint
+with ``/v1/<signal>`` for OTLP/HTTP) and the timeout, because OpenTelemetry Python reads
+``OTEL_EXPORTER_OTLP_*TIMEOUT`` in seconds while the specification says milliseconds (we
+parse it as the specification says). Headers, compression, certificates, client keys and
+``OTEL_EXPORTER_OTLP_*INSECURE`` are never passed, so the exporters honour those variables
+as they document.
 """
 
 from __future__ import annotations
@@ -15,8 +23,8 @@ def http_path(endpoint: str, signal_name: str) -> str:
     return endpoint.rstrip("/") + f"/v1/{signal_name}"
 
 
-def _insecure(s: Settings) -> bool:
-    return s.otlp_endpoint.startswith("http://")
+def _common(s: Settings, signal: str) -> dict[str, Any]:
+    return {"endpoint": s.signal_endpoint(signal), "timeout": s.signal_timeout_s(signal)}
 
 
 def metric_exporter(s: Settings) -> Any:
@@ -27,21 +35,20 @@ def metric_exporter(s: Settings) -> Any:
     cumulative: dict[type, AggregationTemporality] = {
         k: AggregationTemporality.CUMULATIVE for k in (Counter, Histogram, UpDownCounter, ObservableGauge)
     }
-    if s.exporter == "otlp":
-        if s.otlp_protocol == "grpc":
+    if s.metrics_exporter == "otlp":
+        if s.signal_protocol("metrics") == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
             return OTLPMetricExporter(
-                endpoint=s.otlp_endpoint, insecure=_insecure(s), timeout=s.export_timeout_s,
-                preferred_temporality=cumulative, max_export_batch_size=s.metric_export_batch_size,
+                **_common(s, "metrics"), preferred_temporality=cumulative,
+                max_export_batch_size=s.metric_export_batch_size,
             )
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HTTPMetricExporter
 
         return HTTPMetricExporter(
-            endpoint=http_path(s.otlp_endpoint, "metrics"), timeout=s.export_timeout_s,
-            preferred_temporality=cumulative, max_export_batch_size=s.metric_export_batch_size,
+            **_common(s, "metrics"), preferred_temporality=cumulative, max_export_batch_size=s.metric_export_batch_size,
         )
-    if s.exporter == "console":
+    if s.metrics_exporter == "console":
         from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
 
         return ConsoleMetricExporter(preferred_temporality=cumulative)
@@ -49,21 +56,16 @@ def metric_exporter(s: Settings) -> Any:
 
 
 def span_exporter(s: Settings, meter_provider: Any) -> Any:
-    """The span exporter for ``s.exporter``, or None."""
-    if s.exporter == "otlp":
-        if s.otlp_protocol == "grpc":
+    """The span exporter for ``s.traces_exporter``, or None."""
+    if s.traces_exporter == "otlp":
+        if s.signal_protocol("traces") == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            return OTLPSpanExporter(
-                endpoint=s.otlp_endpoint, insecure=_insecure(s), timeout=s.export_timeout_s,
-                meter_provider=meter_provider,
-            )
+            return OTLPSpanExporter(**_common(s, "traces"), meter_provider=meter_provider)
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HTTPSpanExporter
 
-        return HTTPSpanExporter(
-            endpoint=http_path(s.otlp_endpoint, "traces"), timeout=s.export_timeout_s, meter_provider=meter_provider
-        )
-    if s.exporter == "console":
+        return HTTPSpanExporter(**_common(s, "traces"), meter_provider=meter_provider)
+    if s.traces_exporter == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         return ConsoleSpanExporter()
@@ -72,17 +74,12 @@ def span_exporter(s: Settings, meter_provider: Any) -> Any:
 
 def log_exporter(s: Settings, meter_provider: Any) -> Any:
     """The log-record exporter (OTLP only; console logs go to stdout through structlog)."""
-    if s.exporter != "otlp":
+    if s.logs_exporter != "otlp":
         return None
-    if s.otlp_protocol == "grpc":
+    if s.signal_protocol("logs") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 
-        return OTLPLogExporter(
-            endpoint=s.otlp_endpoint, insecure=_insecure(s), timeout=s.export_timeout_s,
-            meter_provider=meter_provider,
-        )
+        return OTLPLogExporter(**_common(s, "logs"), meter_provider=meter_provider)
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HTTPLogExporter
 
-    return HTTPLogExporter(
-        endpoint=http_path(s.otlp_endpoint, "logs"), timeout=s.export_timeout_s, meter_provider=meter_provider
-    )
+    return HTTPLogExporter(**_common(s, "logs"), meter_provider=meter_provider)

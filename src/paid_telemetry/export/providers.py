@@ -8,6 +8,7 @@ bounded so a dead collector never holds the application.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -22,12 +23,15 @@ from opentelemetry import trace as otel_trace
 from paid_telemetry import catalogue as cat
 from paid_telemetry._version import __version__ as VERSION
 from paid_telemetry.export import otlp
-from paid_telemetry.settings import Settings
+from paid_telemetry.export.switch import SwitchableMeterProvider, SwitchableTracerProvider
+from paid_telemetry.settings import ConfigurationError, Settings
+from paid_telemetry.settings import error as settings_error
 
 log = logging.getLogger("paid_telemetry")
 SCOPE = "paid_telemetry"
 
-_globals_installed = False
+_switch_tp: SwitchableTracerProvider | None = None  # the global providers, once installed
+_switch_mp: SwitchableMeterProvider | None = None
 
 
 @dataclass
@@ -41,6 +45,8 @@ class Providers:
     logger_provider: Any = None
     owned: bool = False  # False when a foreign set-up is reused: never flush or shut it down
     endpoint: Any = None  # the embedded /metrics server, in prometheus mode
+    endpoint_at: tuple[str, int] | None = None  # the (host, port) asked for
+    adopt_reader: Any = None  # a reader for the previous set-up's server, until commit()
 
     @property
     def prometheus_url(self) -> str | None:
@@ -66,6 +72,7 @@ class Providers:
     def shutdown(self, timeout_s: float) -> None:
         """Flush and stop exporters, never holding the caller past ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
+        release_globals(self)
 
         def _stop() -> None:
             self.flush(timeout_s * 0.8)
@@ -94,7 +101,7 @@ class Providers:
 
 
 def noop() -> Providers:
-    """Providers that record nothing (before ``configure()``, or ``exporter="none"`` tests)."""
+    """Providers that record nothing (before ``configure()``, or ``OTEL_SDK_DISABLED``)."""
     return Providers(
         meter=otel_metrics.NoOpMeterProvider().get_meter(SCOPE),
         tracer=otel_trace.NoOpTracerProvider().get_tracer(SCOPE),
@@ -107,19 +114,47 @@ def build(
     metric_readers: Sequence[Any] = (),
     span_processors: Sequence[Any] = (),
     log_processors: Sequence[Any] = (),
+    previous: Providers | None = None,
 ) -> Providers:
-    """Our providers for ``s``, or the complete set another tool installed (reused, not owned)."""
+    """Our providers for ``s``, or the complete set another tool installed (reused, not owned).
+
+    Builds everything, changing nothing global: :func:`commit` makes the result live. A
+    failure raises :class:`ConfigurationError` after releasing what was built, so the
+    previous set-up keeps working. ``previous``'s /metrics server is taken over (at commit)
+    when it listens where ``s`` asks, since a second server could not bind there.
+    """
+    foreign_tp = _foreign_tracer_provider()
+    foreign_mp = _foreign_meter_provider()
+    if foreign_tp is not None and foreign_mp is not None:
+        log.info("paid-telemetry: reusing the global tracer and meter providers another tool installed (%s, %s);"
+                 " its exporters decide where data goes", type(foreign_tp).__name__, type(foreign_mp).__name__)
+        return Providers(meter=foreign_mp.get_meter(SCOPE, VERSION), tracer=foreign_tp.get_tracer(SCOPE, VERSION))
+    built: list[Any] = []  # what to release if a later step fails
+    try:
+        # Every component built here reads OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED when it is made
+        # (exporters, processors, and the tracer itself).
+        with _sdk_enabled(), _sdk_self_metrics():
+            return _build_own(s, metric_readers, span_processors, log_processors, previous, built)
+    except BaseException:
+        for thing in reversed(built):
+            with contextlib.suppress(Exception):
+                thing()
+        raise
+
+
+def _build_own(
+    s: Settings,
+    metric_readers: Sequence[Any],
+    span_processors: Sequence[Any],
+    log_processors: Sequence[Any],
+    previous: Providers | None,
+    built: list[Any],
+) -> Providers:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    foreign_tp = _foreign_tracer_provider()
-    foreign_mp = _foreign_meter_provider()
-    if foreign_tp is not None and foreign_mp is not None:
-        log.debug("paid-telemetry: reusing the global tracer and meter providers another tool installed")
-        return Providers(meter=foreign_mp.get_meter(SCOPE, VERSION), tracer=foreign_tp.get_tracer(SCOPE, VERSION))
 
     attrs: dict[str, Any] = {
         "service.name": s.service_name,
@@ -129,49 +164,136 @@ def build(
     if s.service_version:
         attrs["service.version"] = s.service_version
     resource = Resource.create(attrs)
-    # Every component built here reads OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED when it is made.
-    with _sdk_self_metrics():
-        readers = list(metric_readers)
-        endpoint = None
-        if s.exporter == "prometheus":
-            from paid_telemetry.export.prometheus import start_endpoint
+    readers = list(metric_readers)
+    endpoint = None
+    adopt = None
+    if s.metrics_exporter == "prometheus":
+        from paid_telemetry.export.prometheus import EmbeddedPrometheusReader
 
-            endpoint = start_endpoint(s.prometheus_host, s.prometheus_port)
-            readers.append(endpoint.reader)
+        where = (s.prometheus_host, s.prometheus_port)
+        if previous is not None and previous.endpoint is not None and previous.endpoint_at == where and where[1]:
+            adopt = EmbeddedPrometheusReader()  # served by the previous server once committed
+            readers.append(adopt)
         else:
-            exporter = otlp.metric_exporter(s)
-            if exporter is not None:
-                readers.append(PeriodicExportingMetricReader(
-                    exporter, export_interval_millis=s.metric_export_interval_ms,
-                    export_timeout_millis=s.export_timeout_s * 1000,
-                ))
-        mp = MeterProvider(metric_readers=readers, resource=resource, views=views(s.cardinality_limit),
-                           shutdown_on_exit=False)
-        # The SDK's own span metrics go to this provider, not to whatever is global (after a
-        # reconfigure the global one is an older, shut-down provider).
+            endpoint = _start_endpoint(s)
+            built.append(endpoint.close)
+            readers.append(endpoint.reader)
+    else:
+        exporter = _exporter(s, "metrics", otlp.metric_exporter)
+        if exporter is not None:
+            readers.append(PeriodicExportingMetricReader(
+                exporter, export_interval_millis=s.metric_export_interval_ms,
+                export_timeout_millis=s.signal_timeout_s("metrics") * 1000,
+            ))
+    mp = MeterProvider(metric_readers=readers, resource=resource, views=views(s.cardinality_limit),
+                       shutdown_on_exit=False)
+    built.append(lambda: mp.shutdown(timeout_millis=1000))
+    with _sdk_self_metrics():
+        # The SDK's own span metrics go to this provider, not to whatever is global.
         tp = TracerProvider(resource=resource, shutdown_on_exit=False, meter_provider=mp)
+        built.append(tp.shutdown)
         for proc in span_processors:
             tp.add_span_processor(proc)
-        span_exporter = otlp.span_exporter(s, mp)
+        span_exporter = _exporter(s, "traces", lambda s_: otlp.span_exporter(s_, mp))
         if span_exporter is not None:
             tp.add_span_processor(BatchSpanProcessor(
                 span_exporter, max_queue_size=s.span_queue_size, max_export_batch_size=min(512, s.span_queue_size),
-                export_timeout_millis=s.export_timeout_s * 1000, meter_provider=mp,
+                export_timeout_millis=s.signal_timeout_s("traces") * 1000, meter_provider=mp,
             ))
         lp = None
-        if s.logs and (s.exporter in ("otlp", "console") or log_processors):
+        if s.logs and (s.logs_exporter in ("otlp", "console") or log_processors):
             lp = _logger_provider(s, resource, mp, log_processors)
-        tracer = tp.get_tracer(SCOPE, VERSION)  # a tracer reads the variable too, when it is made
-    # Only a complete foreign set-up is reused (above); otherwise ours serve paid-telemetry
-    # and fill whichever global slot is still free, for other libraries' benefit.
-    if foreign_tp is None:
-        _install_global_tracer(tp)
-    if foreign_mp is None:
-        _install_global_meter(mp)
-    return Providers(
-        meter=mp.get_meter(SCOPE, VERSION), tracer=tracer, meter_provider=mp,
+            built.append(lp.shutdown)
+    providers = Providers(
+        meter=mp.get_meter(SCOPE, VERSION), tracer=tp.get_tracer(SCOPE, VERSION), meter_provider=mp,
         tracer_provider=tp, logger_provider=lp, owned=True, endpoint=endpoint,
     )
+    if endpoint is not None:  # the port actually bound, so configure(prometheus_port=<it>) reuses it
+        providers.endpoint_at = (s.prometheus_host, int(endpoint.server.server_address[1]))
+    elif adopt is not None and previous is not None:
+        providers.endpoint_at = previous.endpoint_at
+    providers.adopt_reader = adopt
+    return providers
+
+
+def _start_endpoint(s: Settings) -> Any:
+    """Start the /metrics server, turning bind and name-resolution errors into a clear error."""
+    import socket
+
+    from paid_telemetry.export.prometheus import start_endpoint
+
+    try:
+        return start_endpoint(s.prometheus_host, s.prometheus_port)
+    except socket.gaierror as exc:
+        raise settings_error(s, "prometheus_host", "a host name that resolves, or an IP address, on this machine",
+                             f"cannot resolve it: {exc.strerror or exc}") from None
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        detail = f"cannot listen on {s.prometheus_host}:{s.prometheus_port}: {reason}"
+        if getattr(exc, "errno", None) == errno.EADDRNOTAVAIL:
+            raise settings_error(s, "prometheus_host", "an address of this machine, such as 127.0.0.1",
+                                 detail) from None
+        raise settings_error(s, "prometheus_port", "a free port on that host (or 0 for any free port)",
+                             detail) from None
+
+
+def _exporter(s: Settings, signal: str, make: Any) -> Any:
+    """One signal's exporter; an exporter that rejects what it reads itself from the
+    environment (compression, certificates) becomes a ConfigurationError."""
+    try:
+        return make(s)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"OTEL_EXPORTER_OTLP_* ({signal})", s.signal_endpoint(signal),
+            "settings the OpenTelemetry OTLP exporter accepts", detail=f"{type(exc).__name__}: {exc}",
+        ) from exc
+
+
+def commit(new: Providers, previous: Providers | None) -> None:
+    """Make ``new`` live: take over the previous /metrics server if asked, and point the
+    global providers paid-telemetry installed at ``new`` (installing them the first time)."""
+    if new.adopt_reader is not None and previous is not None and previous.endpoint is not None:
+        new.endpoint, previous.endpoint = previous.endpoint, None
+        _serve_reader(new.endpoint, new.adopt_reader)
+        new.adopt_reader = None
+    if not new.owned:
+        return
+    _install_global_tracer(new.tracer_provider)
+    _install_global_meter(new.meter_provider)
+
+
+def release_globals(providers: Providers) -> None:
+    """Point the global providers away from ``providers`` (being shut down) to no-op ones."""
+    if _switch_mp is not None and _switch_mp.target is providers.meter_provider:
+        _switch_mp.switch(None)
+    if _switch_tp is not None and _switch_tp.target is providers.tracer_provider:
+        _switch_tp.switch(None)
+
+
+def release_all_globals() -> None:
+    """Point the global providers paid-telemetry installed at no-op ones (SDK disabled)."""
+    if _switch_mp is not None:
+        _switch_mp.switch(None)
+    if _switch_tp is not None:
+        _switch_tp.switch(None)
+
+
+def _serve_reader(endpoint: Any, reader: Any) -> None:
+    """Have a running /metrics server serve ``reader`` from now on."""
+    endpoint.reader = reader
+    endpoint.server.RequestHandlerClass.reader = reader
+
+
+@contextlib.contextmanager
+def _sdk_enabled() -> Iterator[None]:
+    """The SDK providers read OTEL_SDK_DISABLED when built; settings already decided (an
+    argument ``disabled=False`` wins over the variable), so hide it while building."""
+    before = os.environ.pop("OTEL_SDK_DISABLED", None)
+    try:
+        yield
+    finally:
+        if before is not None:
+            os.environ["OTEL_SDK_DISABLED"] = before
 
 
 @contextlib.contextmanager
@@ -196,11 +318,11 @@ def _logger_provider(s: Settings, resource: Any, mp: Any, log_processors: Sequen
     lp = LoggerProvider(resource=resource, shutdown_on_exit=False, meter_provider=mp)
     for proc in log_processors:
         lp.add_log_record_processor(proc)
-    exporter = otlp.log_exporter(s, mp)
+    exporter = _exporter(s, "logs", lambda s_: otlp.log_exporter(s_, mp))
     if exporter is not None:
-        lp.add_log_record_processor(
-            BatchLogRecordProcessor(exporter, export_timeout_millis=s.export_timeout_s * 1000, meter_provider=mp)
-        )
+        lp.add_log_record_processor(BatchLogRecordProcessor(
+            exporter, export_timeout_millis=s.signal_timeout_s("logs") * 1000, meter_provider=mp,
+        ))
     return lp
 
 
@@ -250,7 +372,7 @@ def _sticky_reservoir_factory(aggregation_type: type) -> Any:
 
 def _foreign_tracer_provider() -> Any:
     tp = otel_trace.get_tracer_provider()
-    if isinstance(tp, otel_trace.ProxyTracerProvider) or _globals_installed:
+    if isinstance(tp, otel_trace.ProxyTracerProvider | SwitchableTracerProvider):
         return None
     return tp
 
@@ -259,21 +381,32 @@ def _foreign_meter_provider() -> Any:
     from opentelemetry.metrics._internal import _ProxyMeterProvider
 
     mp = otel_metrics.get_meter_provider()
-    if isinstance(mp, _ProxyMeterProvider) or _globals_installed:
+    if isinstance(mp, _ProxyMeterProvider | SwitchableMeterProvider):
         return None
     return mp
 
 
 def _install_global_tracer(tp: Any) -> None:
-    global _globals_installed
-    if isinstance(otel_trace.get_tracer_provider(), otel_trace.ProxyTracerProvider):
-        otel_trace.set_tracer_provider(tp)
-        _globals_installed = True
+    """Point the switchable global tracer provider at ``tp``; install it if the slot is free."""
+    global _switch_tp
+    if _switch_tp is None:
+        if not isinstance(otel_trace.get_tracer_provider(), otel_trace.ProxyTracerProvider):
+            return  # another tool's; ours serve paid-telemetry only
+        _switch_tp = SwitchableTracerProvider()
+        otel_trace.set_tracer_provider(_switch_tp)
         log.debug("paid-telemetry: installed its tracer provider globally")
+    _switch_tp.switch(tp)
 
 
 def _install_global_meter(mp: Any) -> None:
+    """Point the switchable global meter provider at ``mp``; install it if the slot is free."""
     from opentelemetry.metrics._internal import _ProxyMeterProvider
 
-    if isinstance(otel_metrics.get_meter_provider(), _ProxyMeterProvider):
-        otel_metrics.set_meter_provider(mp)
+    global _switch_mp
+    if _switch_mp is None:
+        if not isinstance(otel_metrics.get_meter_provider(), _ProxyMeterProvider):
+            return
+        _switch_mp = SwitchableMeterProvider()
+        otel_metrics.set_meter_provider(_switch_mp)
+        log.debug("paid-telemetry: installed its meter provider globally")
+    _switch_mp.switch(mp)

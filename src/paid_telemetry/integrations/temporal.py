@@ -344,11 +344,11 @@ def temporal_runtime(
     """
     settings = runtime.current().settings
     if mode is None:
-        mode = "otlp" if settings.exporter == "otlp" else "prometheus"
+        mode = "otlp" if settings.metrics_exporter == "otlp" else "prometheus"
     tags = dict(global_tags or {})
     if mode == "otlp":
-        http = (settings.otlp_protocol != "grpc") if otlp_http is None else otlp_http
-        url = otlp_endpoint or settings.otlp_endpoint
+        http = (settings.signal_protocol("metrics") != "grpc") if otlp_http is None else otlp_http
+        url = otlp_endpoint or settings.signal_endpoint("metrics")
         if http and not url.rstrip("/").endswith("/v1/metrics"):
             url = url.rstrip("/") + "/v1/metrics"
         metrics = temporalio.runtime.OpenTelemetryConfig(
