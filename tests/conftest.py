@@ -46,6 +46,18 @@ class Recorded:
         return self.exporter.get_finished_spans()
 
 
+def clear_telemetry_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No OTEL_* / PAID_TELEMETRY_* variable from the environment, and settings warnings re-armed."""
+    import os
+
+    from paid_telemetry import settings
+
+    for var in list(os.environ):
+        if var.startswith(("OTEL_", "PAID_TELEMETRY_")):
+            monkeypatch.delenv(var)
+    monkeypatch.setattr(settings, "_warned", set())
+
+
 def make_recorded(**settings: Any) -> Recorded:
     reader = InMemoryMetricReader()
     exporter = InMemorySpanExporter()

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import paid_telemetry as pt
-from paid_telemetry import settings as config
+from tests.conftest import clear_telemetry_env
 from tests.otlp_receiver import Receiver, grpc_receiver, http_receiver
 
 SPAN = "invoke_agent otel-env"
@@ -28,11 +28,8 @@ RUNS = "paid_agent_runs"
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for var in list(os.environ):
-        if var.startswith(("OTEL_", "PAID_TELEMETRY_")):
-            monkeypatch.delenv(var)
+    clear_telemetry_env(monkeypatch)
     monkeypatch.setenv("PAID_TELEMETRY_PROMETHEUS_PORT", "0")
-    monkeypatch.setattr(config, "_warned", set())
     yield
     pt.shutdown()
 

@@ -22,16 +22,14 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 import paid_telemetry as pt
 from paid_telemetry import runtime
 from paid_telemetry import settings as config
+from tests.conftest import clear_telemetry_env
 
 RUNS = "paid_agent_runs"
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for var in list(os.environ):
-        if var.startswith(("OTEL_", "PAID_TELEMETRY_")):
-            monkeypatch.delenv(var)
-    monkeypatch.setattr(config, "_warned", set())
+    clear_telemetry_env(monkeypatch)
     yield
     pt.shutdown()
 
