@@ -135,6 +135,7 @@ def build(
         from paid_telemetry.export.prometheus import start_endpoint
 
         endpoint = start_endpoint(s.prometheus_host, s.prometheus_port)
+        endpoint.reader.resource = resource.attributes  # target_info even before the first recording
         readers.append(endpoint.reader)
     else:
         exporter = otlp.metric_exporter(s)
