@@ -177,6 +177,8 @@ DROP_REASONS = (
     "cardinality_overflow",  # past the instrument's label-set cap: folded into "_overflow"
     "unpriced_model",    # tokens recorded, but genai-prices knows no price: no cost recorded
     "internal_error",    # a bug in paid-telemetry caught before it reached the caller
+    "not_utf8",          # a label with characters UTF-8 cannot encode (lone surrogates): replaced by U+FFFD
+    "unrenderable",      # a series the /metrics endpoint could not render (instrument="prometheus_endpoint"): left out
 )
 
 

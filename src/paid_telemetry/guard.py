@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ log = logging.getLogger("paid_telemetry")
 UNKNOWN = "unknown"
 OTHER = "other"
 OVERFLOW = "_overflow"
+_SURROGATES = re.compile("[\ud800-\udfff]")
 MAX_COUNT = 1e12  # one call never legitimately records more tokens, cents or seconds than this
 
 
@@ -126,7 +128,13 @@ class Guard:
             return UNKNOWN
         if len(value) > self.max_label_length:
             self.report(instrument, "label_too_long", f"{len(value)} characters")
-            return str(value[: self.max_label_length])
+            value = value[: self.max_label_length]
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:  # lone surrogates (e.g. from surrogateescape): not UTF-8
+                self.report(instrument, "not_utf8", "lone surrogate replaced by U+FFFD")
+                value = _SURROGATES.sub("\ufffd", value)
         return str(value)
 
 

@@ -36,6 +36,12 @@ class Telemetry:
         )
         self.prices = PriceBook()
         self.metrics = Instruments(self.meter, self.guard, settings)
+        reader = providers.endpoint.reader if providers.endpoint is not None else providers.adopt_reader
+        if reader is not None:
+            # Series the endpoint had to leave out are counted like any other dropped record.
+            guard = self.guard
+            reader.on_problem = lambda reason, detail: guard.report(
+                "prometheus_endpoint", reason, detail, may_raise=False)
         self._shutdown_done = False
         if not noop:
             # genai-prices loads its price table on first use (~150 ms): do it off the hot path.

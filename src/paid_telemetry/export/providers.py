@@ -178,6 +178,8 @@ def _build_own(
             endpoint = _start_endpoint(s)
             built.append(endpoint.close)
             readers.append(endpoint.reader)
+        for reader in readers[-1:]:
+            reader.resource = resource.attributes  # target_info even before the first recording
     else:
         exporter = _exporter(s, "metrics", otlp.metric_exporter)
         if exporter is not None:
