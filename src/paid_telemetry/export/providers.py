@@ -22,7 +22,10 @@ from opentelemetry import trace as otel_trace
 from paid_telemetry import catalogue as cat
 from paid_telemetry._version import __version__ as VERSION
 from paid_telemetry.export import otlp
+from paid_telemetry.guard import MAX_ATTRIBUTE_LENGTH
 from paid_telemetry.settings import Settings
+
+_ATTRIBUTE_LENGTH_VARS = {"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT"}
 
 log = logging.getLogger("paid_telemetry")
 SCOPE = "paid_telemetry"
@@ -112,7 +115,7 @@ def build(
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     foreign_tp = _foreign_tracer_provider()
@@ -148,7 +151,12 @@ def build(
     with _sdk_self_metrics():
         # The SDK's own span metrics go to this provider, not to whatever is global (after a
         # reconfigure the global one is an older, shut-down provider).
-        tp = TracerProvider(resource=resource, shutdown_on_exit=False, meter_provider=mp)
+        # Attribute values are cut at MAX_ATTRIBUTE_LENGTH characters unless the standard variables
+        # say otherwise: a 1 MiB value in every queued span would hold gigabytes (span names we
+        # build are cut by the recording code).
+        length = None if _ATTRIBUTE_LENGTH_VARS & os.environ.keys() else MAX_ATTRIBUTE_LENGTH
+        limits = SpanLimits(max_attribute_length=length, max_span_attribute_length=length)
+        tp = TracerProvider(resource=resource, shutdown_on_exit=False, meter_provider=mp, span_limits=limits)
         for proc in span_processors:
             tp.add_span_processor(proc)
         span_exporter = otlp.span_exporter(s, mp)
