@@ -299,6 +299,30 @@ async def test_aclose_inside_another_run(recorded: Recorded) -> None:
     assert recorded.value(DUR, project_id="agen", agent_type="agen").count == 1
 
 
+async def test_async_asend_and_athrow_pass_through(recorded: Recorded) -> None:
+    @pt.agent_run(project_id="echo", agent_type="echo")
+    async def echo() -> AsyncIterator[Any]:
+        total = 0
+        while True:
+            try:
+                got = yield total
+            except KeyError:
+                got = 100
+            await asyncio.sleep(0)
+            total += got
+            _tokens(got)
+
+    g = echo()
+    assert await g.asend(None) == 0
+    assert await g.asend(2) == 2
+    assert _no_current()
+    assert await g.athrow(KeyError("x")) == 102
+    with pytest.raises(ValueError):
+        await g.athrow(ValueError("stop"))
+    assert _tokens_by_project(recorded) == {"echo": 102}
+    assert _runs(recorded) == {("echo", "failed"): 1}
+
+
 async def test_task_cancelled_while_the_generator_awaits(recorded: Recorded) -> None:
     started = asyncio.Event()
 
