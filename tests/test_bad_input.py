@@ -339,13 +339,14 @@ _ANY = st.one_of(
                                                                                           allow_infinity=True),
     st.text(max_size=20), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(),
                                                                                 max_size=2),
-    st.decimals(allow_nan=True, allow_infinity=True),
+    st.decimals(allow_nan=True, allow_infinity=True), st.integers(0, 1000).map(str),
 )
 
 
 def _accepted(value: Any) -> float:
-    """The amount the SDK must record for ``value`` (0 when it must drop it)."""
-    if isinstance(value, bool) or value is None or not value:
+    """The amount the SDK must record for ``value`` (0 when it must drop it): numbers only,
+    never a bool or a numeric string."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal) or not value:
         return 0.0
     try:
         number = float(value)

@@ -2,14 +2,18 @@
 
 A scope is a context manager usable with ``with`` and ``async with``; decorating a
 function makes a fresh scope per call, for plain, async, generator and async-generator
-functions alike, so the scope spans the whole iteration of a generator.
+functions alike. A generator's scope spans its whole iteration (from its first step until it
+is exhausted, raises, or is closed or garbage-collected) but is current only while the
+generator's own code runs.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
-from collections.abc import Callable
+import sys
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,14 +29,36 @@ def exit_status(exc: BaseException | None) -> str:
 
 
 def decorate(func: F, make_scope: Callable[[tuple[Any, ...], dict[str, Any]], Any]) -> F:
-    """Wrap ``func`` so each call runs inside ``make_scope(args, kwargs)``."""
+    """Wrap ``func`` so each call runs inside ``make_scope(args, kwargs)``.
+
+    Generators are driven step by step (see the note below): their scope is current only
+    while their own code runs, never in the caller between two steps.
+    """
     if inspect.isasyncgenfunction(func):
 
         @functools.wraps(func)
         async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
-            with make_scope(args, kwargs):
-                async for item in func(*args, **kwargs):
-                    yield item
+            agen = func(*args, **kwargs)
+            ctx = contextvars.copy_context()
+            scope = make_scope(args, kwargs)
+            ctx.run(scope.__enter__)
+            try:
+                value = await _InContext(ctx, _first_asend(agen))
+                while True:
+                    try:
+                        sent = yield value
+                    except GeneratorExit:
+                        await _InContext(ctx, agen.aclose())
+                        raise
+                    except BaseException as exc:
+                        value = await _InContext(ctx, agen.athrow(exc))
+                    else:
+                        value = await _InContext(ctx, agen.asend(sent))
+            except StopAsyncIteration:
+                ctx.run(scope.__exit__, None, None, None)
+            except BaseException as exc:
+                ctx.run(scope.__exit__, type(exc), exc, exc.__traceback__)
+                raise
 
         return agen_wrapper  # type: ignore[return-value]
     if inspect.iscoroutinefunction(func):
@@ -47,8 +73,28 @@ def decorate(func: F, make_scope: Callable[[tuple[Any, ...], dict[str, Any]], An
 
         @functools.wraps(func)
         def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-            with make_scope(args, kwargs):
-                return (yield from func(*args, **kwargs))
+            gen = func(*args, **kwargs)
+            ctx = contextvars.copy_context()
+            scope = make_scope(args, kwargs)
+            ctx.run(scope.__enter__)
+            try:
+                value = ctx.run(gen.send, None)
+                while True:
+                    try:
+                        sent = yield value
+                    except GeneratorExit:
+                        ctx.run(gen.close)
+                        raise
+                    except BaseException as exc:
+                        value = ctx.run(gen.throw, exc)
+                    else:
+                        value = ctx.run(gen.send, sent)
+            except StopIteration as stop:
+                ctx.run(scope.__exit__, None, None, None)
+                return stop.value
+            except BaseException as exc:
+                ctx.run(scope.__exit__, type(exc), exc, exc.__traceback__)
+                raise
 
         return gen_wrapper  # type: ignore[return-value]
 
@@ -58,6 +104,59 @@ def decorate(func: F, make_scope: Callable[[tuple[Any, ...], dict[str, Any]], An
             return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+# -- generators ---------------------------------------------------------------------------
+# A ``with scope:`` around ``yield from`` would leave the scope's context variables (current
+# run, current span) set in the *caller's* context whenever the generator is suspended, and
+# would reset them from whatever context happens to close or finalise it. Instead the
+# generator runs in its own copy of the context, taken at its first step (as an asyncio task
+# does): the scope is entered there, each resume runs inside it with ``Context.run``, and the
+# scope ends there when the generator returns, raises, or is closed or finalised (a wrapper
+# generator's close() runs on garbage collection; an async one's aclose() runs through the
+# event loop's async-generator hooks, including ``shutdown_asyncgens``).
+
+
+class _InContext:
+    """Await ``awaitable`` with each of its steps run inside ``ctx``."""
+
+    __slots__ = ("_ctx", "_it")
+
+    def __init__(self, ctx: contextvars.Context, awaitable: Awaitable[Any]) -> None:
+        self._ctx = ctx
+        self._it: Any = awaitable.__await__()
+
+    def __await__(self) -> _InContext:
+        return self
+
+    def __iter__(self) -> _InContext:
+        return self
+
+    def __next__(self) -> Any:
+        return self._ctx.run(self._it.send, None)
+
+    def send(self, value: Any) -> Any:
+        return self._ctx.run(self._it.send, value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._ctx.run(self._it.throw, *args)
+
+    def close(self) -> None:
+        self._ctx.run(self._it.close)
+
+
+def _first_asend(agen: AsyncGenerator[Any, Any]) -> Awaitable[Any]:
+    """``agen.asend(None)`` without registering ``agen`` with the event loop's async-generator hooks.
+
+    Only the wrapper is registered: otherwise ``loop.shutdown_asyncgens()`` could close the inner
+    generator directly, outside its context and before the wrapper ends its scope.
+    """
+    hooks = sys.get_asyncgen_hooks()
+    sys.set_asyncgen_hooks(firstiter=None, finalizer=None)
+    try:
+        return agen.asend(None)
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
 
 
 def argument_getter(func: Callable[..., Any], name: str) -> Callable[[tuple[Any, ...], dict[str, Any]], Any] | None:

@@ -20,7 +20,7 @@ from paid_telemetry import runtime
 from paid_telemetry._wrap import argument_getter, decorate, exit_status
 from paid_telemetry.catalogue import AGENT_ITERATIONS, QUALITY_SCORE
 from paid_telemetry.costs import record_usage
-from paid_telemetry.guard import safe_text
+from paid_telemetry.guard import MAX_COUNT, MAX_SPAN_NAME, TelemetryInputError, span_text, surface
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -90,7 +90,7 @@ class AgentRun:
     # -- recording ---------------------------------------------------------------------
     def iteration(self, n: int = 1) -> None:
         """Count one (or ``n``) agent loop iterations."""
-        if type(n) is int and n >= 0:
+        if type(n) is int and 0 <= n <= MAX_COUNT:
             self.iterations += n
             return
         t = self._t or runtime.current()
@@ -131,15 +131,20 @@ class AgentRun:
         try:
             if self.run_id is None:
                 self.run_id = os.urandom(8).hex()
+            agent = span_text(self.agent_type)
             attrs: dict[str, Any] = {
                 "gen_ai.operation.name": "invoke_agent",
-                "gen_ai.agent.name": safe_text(self.agent_type),
-                "paid.agent_run.id": self.run_id,
-                "paid.project_id": safe_text(self.project_id),
+                "gen_ai.agent.name": agent,
+                "paid.agent_run.id": span_text(self.run_id),
+                "paid.project_id": span_text(self.project_id),
             }
-            if self.attributes:
-                attrs.update(self.attributes)
-            span = self._span = t.tracer.start_span(f"invoke_agent {attrs['gen_ai.agent.name']}", attributes=attrs)
+            if self.attributes is not None:
+                try:
+                    attrs.update(self.attributes)
+                except Exception as exc:  # not a mapping: the run is recorded without them
+                    t.guard.internal_error("agent_run", exc)
+            name = f"invoke_agent {agent}"
+            span = self._span = t.tracer.start_span(name[:MAX_SPAN_NAME], attributes=attrs)
             self._otel_token = otel_context.attach(otel_trace.set_span_in_context(span))
             self._ctx_token: Token[AgentRun | None] | None = _CURRENT_RUN.set(self)
         except Exception as exc:
@@ -148,30 +153,46 @@ class AgentRun:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        """Count the run, record its histograms, run the end hooks and end its span: each step
+        on its own, so a failing one (an odd label, a broken hook) never skips the others."""
         duration = time.perf_counter() - self._start
         t = self._t or runtime.current()
+        guard = t.guard
+        pending: TelemetryInputError | None = None
+        status = self.status if self.status is not None else exit_status(exc)
         try:
-            status = self.status or exit_status(exc)
+            try:
+                labels = t.metrics.run_labels.get((self.project_id, self.agent_type, status))
+                status = labels.get("status", "other")  # what was counted, e.g. "other" for an odd status
+                t.metrics.agent_runs.add(1, labels)
+            except Exception as err:
+                pending = guard.fault("agent_run", err, pending)
             self.status = status
-            project, agent = self.project_id, self.agent_type
-            t.metrics.agent_runs.add(1, t.metrics.run_labels.get((project, agent, status)))
-            labels = t.metrics.run_hist_labels.get((project, agent))
-            t.metrics.agent_duration.record(duration, labels)
-            iterations = t.guard.amount(AGENT_ITERATIONS.name, self.iterations)
-            if iterations is not None:
-                t.metrics.agent_iterations.record(iterations, labels)
+            try:
+                labels = t.metrics.run_hist_labels.get((self.project_id, self.agent_type))
+                t.metrics.agent_duration.record(duration, labels)
+                iterations = guard.amount(AGENT_ITERATIONS.name, self.iterations)
+                if iterations is not None:
+                    t.metrics.agent_iterations.record(iterations, labels)
+            except Exception as err:
+                pending = guard.fault("agent_run", err, pending)
             for hook in _run_end_hooks:
                 try:
                     hook(self, duration, status)
                 except Exception as err:
-                    t.guard.internal_error("agent_run end hook", err)
-            span = self._span
+                    pending = guard.fault("agent_run end hook", err, pending)
+            span = self._span  # kept: the run-end log line reads ids from it afterwards
             if span is not None:
-                self._finish_span(span, status, exc)
-        except Exception as err:
-            t.guard.internal_error("agent_run", err)
+                try:
+                    self._finish_span(span, status, exc)
+                except Exception as err:
+                    pending = guard.fault("agent_run", err, pending)
+                finally:
+                    span.end()
         finally:
             self._detach()
+        if pending is not None:
+            surface(pending, exc)
 
     def _finish_span(self, span: Any, status: str, exc: BaseException | None) -> None:
         if span.is_recording():
@@ -183,8 +204,8 @@ class AgentRun:
                 "paid.cost_cents": self.cost_cents,
             }
             if self.provider is not None:
-                attrs["gen_ai.provider.name"] = str(self.provider)
-                attrs["gen_ai.request.model"] = str(self.model)
+                attrs["gen_ai.provider.name"] = span_text(self.provider)
+                attrs["gen_ai.request.model"] = span_text(self.model)
             span.set_attributes(attrs)
             if status == "failed":
                 if exc is not None:
@@ -192,7 +213,6 @@ class AgentRun:
                     span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}"))
                 else:
                     span.set_status(Status(StatusCode.ERROR, "failed"))
-        span.end()
 
     def _detach(self) -> None:
         token = getattr(self, "_ctx_token", None)
@@ -245,7 +265,7 @@ def record_token_usage(
 ) -> None:
     """Record tokens (and cost) outside or inside an agent run (project taken from the run)."""
     run = _CURRENT_RUN.get()
-    if run is not None and (project_id is None or project_id == run.project_id):
+    if run is not None and (project_id is None or _same(project_id, run.project_id)):
         run.record_tokens(
             provider=provider, model=model, input_tokens=input_tokens,
             output_tokens=output_tokens, cost_cents=cost_cents,
@@ -256,6 +276,11 @@ def record_token_usage(
         record_usage(t, project_id, provider, model, input_tokens, output_tokens, cost_cents)
     except Exception as exc:
         t.guard.internal_error("record_token_usage", exc)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``a == b`` for the project ids a caller passes (str or int), never a foreign ``__eq__``."""
+    return a is b or (type(a) is type(b) and type(a) in (str, int) and a == b)
 
 
 def record_quality_score(score: float, *, prompt_slug: str, project_id: Any = None) -> None:

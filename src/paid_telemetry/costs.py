@@ -8,6 +8,8 @@ from paid_telemetry.catalogue import COST_CENTS, TOKENS
 from paid_telemetry.guard import safe_text
 from paid_telemetry.runtime import Telemetry
 
+MAX_MODEL_REF = 256  # longer provider/model strings are not real model names: unpriced, never looked up
+
 
 def _given(value: Any) -> bool:
     return not (value is None or (type(value) in (int, float) and value == 0))
@@ -34,7 +36,8 @@ def record_usage(
         t.metrics.tokens.add(tout, t.metrics.token_labels.get((project_id, provider, model, "output")))
     if cost_cents is None:
         cents = None
-        if type(provider) is str and type(model) is str:
+        if (type(provider) is str and type(model) is str
+                and len(model) <= MAX_MODEL_REF and len(provider) <= MAX_MODEL_REF):
             cents = t.prices.cents(provider, model, tin or 0, tout or 0)
         if cents is None:
             detail = f"{safe_text(provider)[:40]}/{safe_text(model)[:60]}"

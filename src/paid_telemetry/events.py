@@ -12,6 +12,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from paid_telemetry import runtime
 from paid_telemetry._wrap import decorate, exit_status
+from paid_telemetry.guard import MAX_SPAN_NAME, span_text, surface
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,15 +47,22 @@ class _Scope:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         elapsed = time.perf_counter() - self._start
         t = self._t
+        pending = None
         try:
             self._end(t, elapsed, exc)
-        except Exception as err:
-            t.guard.internal_error(type(self).__name__, err)
+        except Exception as err:  # the span still ends; a strict-mode error never hides the caller's
+            pending = t.guard.fault(type(self).__name__, err, None)
         finally:
-            if self._span is not None:
-                self._span.end()
-            if self._token is not None:
-                otel_context.detach(self._token)
+            span, self._span = self._span, None
+            try:
+                if span is not None:
+                    span.end()
+            finally:
+                if self._token is not None:
+                    otel_context.detach(self._token)
+                    self._token = None
+        if pending is not None:
+            surface(pending, exc)
 
     async def __aenter__(self) -> Any:
         return self.__enter__()
@@ -63,7 +71,7 @@ class _Scope:
         self.__exit__(exc_type, exc, tb)
 
     def _open_span(self, t: runtime.Telemetry, name: str, kind: SpanKind, attrs: dict[str, Any]) -> None:
-        self._span = t.tracer.start_span(name, kind=kind, attributes=attrs)
+        self._span = t.tracer.start_span(name[:MAX_SPAN_NAME], kind=kind, attributes=attrs)
         self._token = otel_context.attach(otel_trace.set_span_in_context(self._span))
 
     def _fail_span(self, exc: BaseException | None) -> None:
@@ -93,13 +101,14 @@ class ExternalCall(_Scope):
         self.outcome: str | None = None
 
     def _begin(self, t: runtime.Telemetry) -> None:
+        service, operation = span_text(self.service), span_text(self.operation)
         self._open_span(
-            t, f"{self.service} {self.operation}", SpanKind.CLIENT,
-            {"paid.external.service": str(self.service), "paid.external.operation": str(self.operation)},
+            t, f"{service} {operation}", SpanKind.CLIENT,
+            {"paid.external.service": service, "paid.external.operation": operation},
         )
 
     def _end(self, t: runtime.Telemetry, elapsed: float, exc: BaseException | None) -> None:
-        outcome = self.outcome or ("success" if exc is None else "error")
+        outcome = self.outcome if self.outcome is not None else ("success" if exc is None else "error")
         t.metrics.external_requests.add(1, t.metrics.external_labels.get((self.service, self.operation, outcome)))
         t.metrics.external_duration.record(elapsed, t.metrics.external_hist_labels.get((self.service, self.operation)))
         self._fail_span(exc)
@@ -120,11 +129,11 @@ class WorkflowScope(_Scope):
 
     def _begin(self, t: runtime.Telemetry) -> None:
         t.metrics.workflow_started.add(1, t.metrics.workflow_labels.get((self.workflow_type,)))
-        self._open_span(t, f"workflow {self.workflow_type}", SpanKind.INTERNAL,
-                        {"paid.workflow.type": str(self.workflow_type)})
+        workflow_type = span_text(self.workflow_type)
+        self._open_span(t, f"workflow {workflow_type}", SpanKind.INTERNAL, {"paid.workflow.type": workflow_type})
 
     def _end(self, t: runtime.Telemetry, elapsed: float, exc: BaseException | None) -> None:
-        status = self.status or exit_status(exc)
+        status = self.status if self.status is not None else exit_status(exc)
         t.metrics.workflow_completed.add(1, t.metrics.workflow_status_labels.get((self.workflow_type, status)))
         t.metrics.workflow_duration.record(elapsed, t.metrics.workflow_hist_labels.get((self.workflow_type,)))
         if status == "failed":

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import re
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any
 
 from paid_telemetry.catalogue import Instrument
@@ -21,6 +23,9 @@ OTHER = "other"
 OVERFLOW = "_overflow"
 _SURROGATES = re.compile("[\ud800-\udfff]")
 MAX_COUNT = 1e12  # one call never legitimately records more tokens, cents or seconds than this
+# What an amount may be: a real number (int, float, Fraction, numpy integer/floating scalars, which
+# register as numbers.Real) or a Decimal, never a bool. Strings, bytes and np.bool_ are wrong_type.
+_NUMBERS = (numbers.Real, Decimal)
 
 
 def safe_text(value: Any) -> str:
@@ -33,8 +38,40 @@ def safe_text(value: Any) -> str:
         return UNKNOWN
 
 
+MAX_SPAN_NAME = 256  # characters of a span name we build from caller values
+MAX_ATTRIBUTE_LENGTH = 4096  # characters of a span attribute (also the TracerProvider's SpanLimits)
+
+
+def span_text(value: Any, limit: int = MAX_ATTRIBUTE_LENGTH) -> str:
+    """``safe_text`` cut to ``limit`` characters, for span names and attributes."""
+    text = safe_text(value)
+    return text if len(text) <= limit else text[:limit]
+
+
+def describe(value: Any, limit: int = 80) -> str:
+    """A short repr for a warning that never raises (nor renders a 5000-digit int)."""
+    if type(value) is int and value.bit_length() > 64:
+        return f"int of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class TelemetryInputError(ValueError):
     """Raised for bad input only when paid-telemetry runs with ``strict=True``."""
+
+
+def surface(err: TelemetryInputError, exc: BaseException | None) -> None:
+    """Raise a strict-mode error found while a scope ended, unless the scope ended with the
+    caller's own exception ``exc``: that one always wins, and ours becomes a note on it."""
+    if exc is None:
+        raise err
+    try:
+        exc.add_note(f"paid-telemetry (strict mode): {err}")
+    except Exception:
+        pass
 
 
 class Guard:
@@ -74,6 +111,15 @@ class Guard:
         if self.strict and may_raise:
             raise TelemetryInputError(f"{instrument}: {reason}: {detail}")
 
+    def fault(self, where: str, exc: Exception, pending: TelemetryInputError | None) -> TelemetryInputError | None:
+        """``internal_error`` for a step of ending a scope: a strict-mode error is kept (the first
+        one, in ``pending``) instead of raised, so the remaining steps still run."""
+        try:
+            self.internal_error(where, exc)
+        except TelemetryInputError as err:
+            return pending or err
+        return pending
+
     def internal_error(self, where: str, exc: BaseException) -> None:
         """A bug of ours was caught so the caller never sees it (strict mode re-raises)."""
         if isinstance(exc, TelemetryInputError):
@@ -83,23 +129,29 @@ class Guard:
 
     # -- numbers -----------------------------------------------------------------------
     def amount(self, instrument: str, value: Any) -> float | None:
-        """A non-negative finite amount (count, cost, duration), or None if it must be dropped."""
+        """A non-negative finite amount (count, cost, duration), or None if it must be dropped.
+
+        Only numbers are numbers: a numeric string, bytes, a bool or ``np.bool_`` is ``wrong_type``.
+        """
         if type(value) is int or type(value) is float:
             if 0 <= value <= MAX_COUNT:
                 return value
             if value != value or value in (math.inf, -math.inf):
-                self.report(instrument, "not_finite", repr(value))
+                self.report(instrument, "not_finite", describe(value))
             elif value < 0:
-                self.report(instrument, "negative", repr(value))
+                self.report(instrument, "negative", describe(value))
             else:
-                self.report(instrument, "out_of_range", repr(value))
+                self.report(instrument, "out_of_range", describe(value))
             return None
-        if isinstance(value, bool) or value is None:
+        if isinstance(value, bool) or not isinstance(value, _NUMBERS):
             self.report(instrument, "wrong_type", type(value).__name__)
             return None
         try:
-            number = float(value)  # Decimal, numpy scalars, numeric strings
-        except Exception:  # TypeError, ValueError, OverflowError, or a broken __float__
+            number = math.nan if isinstance(value, Decimal) and value.is_nan() else float(value)
+        except OverflowError:  # a Fraction or int subclass beyond float range
+            self.report(instrument, "out_of_range", type(value).__name__)
+            return None
+        except Exception:  # a broken __float__
             self.report(instrument, "wrong_type", type(value).__name__)
             return None
         return self.amount(instrument, number)
@@ -110,7 +162,7 @@ class Guard:
         if number is None:
             return None
         if number > 1.0:
-            self.report(instrument, "out_of_range", repr(value))
+            self.report(instrument, "out_of_range", describe(value))
             return None
         return float(number)
 
@@ -166,7 +218,7 @@ class LabelSets:
     def get(self, values: tuple[Any, ...]) -> dict[str, str]:
         try:
             return self._cache[values]
-        except (KeyError, TypeError):
+        except Exception:  # KeyError; TypeError (unhashable); anything a broken __hash__/__eq__ raises
             return self._admit(values)
 
     def __len__(self) -> int:
@@ -179,10 +231,11 @@ class LabelSets:
         for key, raw in zip(self._keys, values, strict=True):
             allowed = self._closed.get(key)
             if allowed is not None:
-                if raw not in allowed:
+                value = _one_of(raw, allowed)
+                if value is None:
                     guard.report(name, "invalid_value", f"{key}={safe_text(raw)[:40]!r}")
-                    raw = OTHER
-                clean.append(raw)
+                    value = OTHER
+                clean.append(value)
             else:
                 clean.append(guard.label(name, raw))
         sanitised = tuple(clean)
@@ -203,6 +256,18 @@ class LabelSets:
         try:
             if len(self._cache) < 2 * guard.cardinality_limit:
                 self._cache[values] = attrs
-        except TypeError:  # unhashable raw value: fine, just not cached
+        except Exception:  # unhashable (or broken __hash__) raw value: fine, just not cached
             pass
         return attrs
+
+
+def _one_of(raw: Any, allowed: tuple[str, ...]) -> str | None:
+    """The allowed value ``raw`` equals (a str or str subclass such as a StrEnum), else None.
+
+    Compares with ``str.__eq__`` so an object with a broken ``__eq__`` cannot raise here.
+    """
+    if isinstance(raw, str):
+        for value in allowed:
+            if str.__eq__(raw, value) is True:
+                return value
+    return None

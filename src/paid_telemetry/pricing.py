@@ -47,6 +47,25 @@ def _split(price: Any) -> tuple[float, tuple[tuple[int, float], ...]]:
     return base, tuple((int(t.start), float(t.price)) for t in price.tiers)
 
 
+def _trim_genai_prices_caches() -> None:
+    """Empty genai-prices' own lookup caches, which keep every model name ever asked for.
+
+    They are private (``DataSnapshot._lookup_cache`` and friends), so this is defensive: a
+    future genai-prices without them is fine. We only call it when our own cache is full,
+    so a few thousand distinct names are looked up again at most once an hour.
+    """
+    try:
+        from genai_prices import data_snapshot
+
+        snapshot = data_snapshot.get_snapshot()
+    except Exception:
+        return
+    for name in ("_lookup_cache", "_provider_cache", "_provider_misses"):
+        cache = getattr(snapshot, name, None)
+        if isinstance(cache, dict | set):
+            cache.clear()
+
+
 class PriceBook:
     """Cached genai-prices lookups; unknown models price to None."""
 
@@ -68,6 +87,7 @@ class PriceBook:
         with self._lock:
             if len(self._rates) >= _MAX_ENTRIES:
                 self._rates.clear()
+                _trim_genai_prices_caches()
             self._rates[key] = (now, rates)
         return rates
 

@@ -24,8 +24,11 @@ from paid_telemetry import catalogue as cat
 from paid_telemetry._version import __version__ as VERSION
 from paid_telemetry.export import otlp
 from paid_telemetry.export.switch import SwitchableMeterProvider, SwitchableTracerProvider
+from paid_telemetry.guard import MAX_ATTRIBUTE_LENGTH
 from paid_telemetry.settings import ConfigurationError, Settings
 from paid_telemetry.settings import error as settings_error
+
+_ATTRIBUTE_LENGTH_VARS = {"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT"}
 
 log = logging.getLogger("paid_telemetry")
 SCOPE = "paid_telemetry"
@@ -153,7 +156,7 @@ def _build_own(
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     attrs: dict[str, Any] = {
@@ -191,8 +194,14 @@ def _build_own(
                        shutdown_on_exit=False)
     built.append(lambda: mp.shutdown(timeout_millis=1000))
     with _sdk_self_metrics():
-        # The SDK's own span metrics go to this provider, not to whatever is global.
-        tp = TracerProvider(resource=resource, shutdown_on_exit=False, meter_provider=mp)
+        # The SDK's own span metrics go to this provider, not to whatever is global (after a
+        # reconfigure the global one is an older, shut-down provider).
+        # Attribute values are cut at MAX_ATTRIBUTE_LENGTH characters unless the standard variables
+        # say otherwise: a 1 MiB value in every queued span would hold gigabytes (span names we
+        # build are cut by the recording code).
+        length = None if _ATTRIBUTE_LENGTH_VARS & os.environ.keys() else MAX_ATTRIBUTE_LENGTH
+        limits = SpanLimits(max_attribute_length=length, max_span_attribute_length=length)
+        tp = TracerProvider(resource=resource, shutdown_on_exit=False, meter_provider=mp, span_limits=limits)
         built.append(tp.shutdown)
         for proc in span_processors:
             tp.add_span_processor(proc)
