@@ -46,6 +46,35 @@ def remove_run_end_hook(hook: RunEndHook) -> None:
     _run_end_hooks = tuple(h for h in _run_end_hooks if h is not hook)
 
 
+# Runs entered and not yet exited, so SIGTERM can end them as cancelled. Whoever pops a run
+# (its own __exit__ or end_open_runs) records its end: dict.pop is atomic, so never twice.
+_open_runs: dict[int, AgentRun] = {}
+
+
+def end_open_runs(status: str = "cancelled") -> int:
+    """Record every open run as ended with ``status`` (on SIGTERM); returns how many.
+
+    Called from a thread of its own: the span is ended, the context of the thread that
+    opened the run is left alone (the process is going away).
+    """
+    ended = 0
+    for key in list(_open_runs):
+        run = _open_runs.pop(key, None)
+        if run is not None:
+            run.status = status
+            try:
+                run._record_end(None)
+            except Exception:  # _record_end counts its own errors; never stop the others ending
+                pass
+            ended += 1
+    return ended
+
+
+def forget_open_runs() -> None:
+    """In a forked child: runs opened before the fork are the parent's to record."""
+    _open_runs.clear()
+
+
 def current_run() -> AgentRun | None:
     """The agent run active in this context (thread / task), if any."""
     return _CURRENT_RUN.get()
@@ -145,9 +174,17 @@ class AgentRun:
         except Exception as exc:
             t.guard.internal_error("agent_run", exc)
         self._start = time.perf_counter()
+        _open_runs[id(self)] = self
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if _open_runs.pop(id(self), None) is not None:  # else already ended (SIGTERM) or forked
+                self._record_end(exc)
+        finally:
+            self._detach()
+
+    def _record_end(self, exc: BaseException | None) -> None:
         duration = time.perf_counter() - self._start
         t = self._t or runtime.current()
         try:
@@ -170,8 +207,6 @@ class AgentRun:
                 self._finish_span(span, status, exc)
         except Exception as err:
             t.guard.internal_error("agent_run", err)
-        finally:
-            self._detach()
 
     def _finish_span(self, span: Any, status: str, exc: BaseException | None) -> None:
         if span.is_recording():

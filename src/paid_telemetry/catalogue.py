@@ -177,6 +177,7 @@ DROP_REASONS = (
     "cardinality_overflow",  # past the instrument's label-set cap: folded into "_overflow"
     "unpriced_model",    # tokens recorded, but genai-prices knows no price: no cost recorded
     "internal_error",    # a bug in paid-telemetry caught before it reached the caller
+    "port_in_use",       # the /metrics port was busy: this process serves on the next free one
 )
 
 

@@ -31,6 +31,9 @@ class Settings:
     otlp_protocol: Literal["grpc", "http/protobuf"] = "grpc"
     prometheus_host: str = "127.0.0.1"
     prometheus_port: int = 9464
+    # Ports tried from prometheus_port when it is busy (another worker of the same server):
+    # 9464..9479 by default; past the range an ephemeral port (docs/deploying.md).
+    prometheus_port_range: int = 16
     metric_export_interval_ms: int = 10_000
     export_timeout_s: float = 5.0
     shutdown_timeout_s: float = 5.0
@@ -91,6 +94,7 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "PAID_TELEMETRY_SERVICE_VERSION": ("service_version", str),
         "PAID_TELEMETRY_PROMETHEUS_HOST": ("prometheus_host", str),
         "PAID_TELEMETRY_PROMETHEUS_PORT": ("prometheus_port", int),
+        "PAID_TELEMETRY_PROMETHEUS_PORT_RANGE": ("prometheus_port_range", int),
         "PAID_TELEMETRY_EXPORT_TIMEOUT": ("export_timeout_s", float),
         "PAID_TELEMETRY_SHUTDOWN_TIMEOUT": ("shutdown_timeout_s", float),
         "PAID_TELEMETRY_STRICT": ("strict", _bool),

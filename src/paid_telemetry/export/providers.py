@@ -41,6 +41,7 @@ class Providers:
     logger_provider: Any = None
     owned: bool = False  # False when a foreign set-up is reused: never flush or shut it down
     endpoint: Any = None  # the embedded /metrics server, in prometheus mode
+    fork_sensitive: tuple[Any, ...] = ()  # exporting readers and batch processors (see abandon)
 
     @property
     def prometheus_url(self) -> str | None:
@@ -93,6 +94,30 @@ class Providers:
             self.endpoint = None
 
 
+    def abandon(self) -> None:
+        """In a forked child, let go of the parent's set-up without exporting its data twice.
+
+        The child inherits the parent's aggregates, queues, sockets and locks (some possibly
+        held by parent threads that do not exist here). Nothing of it is flushed or locked:
+        the inherited listening socket is closed, and the SDK's own after-fork hooks (which
+        run after ours) find the exporting threads told to stop at once: the periodic
+        reader's ticker is replaced by a no-op, the batch processors are marked shut down.
+        """
+        if self.endpoint is not None:
+            with contextlib.suppress(OSError):
+                self.endpoint.abandon()
+            self.endpoint = None
+        for obj in self.fork_sensitive:
+            with contextlib.suppress(Exception):
+                if hasattr(obj, "_ticker"):
+                    obj._ticker = lambda: None  # PeriodicExportingMetricReader
+                inner = getattr(obj, "_batch_processor", None)  # BatchSpan/LogRecordProcessor
+                if inner is not None:
+                    inner._shutdown = True
+        self.fork_sensitive = ()
+        self.owned = False
+
+
 def noop() -> Providers:
     """Providers that record nothing (before ``configure()``, or ``exporter="none"`` tests)."""
     return Providers(
@@ -130,19 +155,30 @@ def build(
         attrs["service.version"] = s.service_version
     resource = Resource.create(attrs)
     readers = list(metric_readers)
+    periodic: list[Any] = []  # our exporting readers and batch processors, for abandon() after a fork
+    batches: list[Any] = []
     endpoint = None
     if s.exporter == "prometheus":
         from paid_telemetry.export.prometheus import start_endpoint
 
-        endpoint = start_endpoint(s.prometheus_host, s.prometheus_port)
-        readers.append(endpoint.reader)
+        try:
+            endpoint = start_endpoint(s.prometheus_host, s.prometheus_port, port_range=s.prometheus_port_range,
+                                      strict=s.strict)
+        except OSError as exc:
+            if s.strict:
+                raise
+            log.error("paid-telemetry: cannot serve /metrics on %s:%s (%s); metrics are recorded but not exposed",
+                      s.prometheus_host, s.prometheus_port, exc)
+        else:
+            readers.append(endpoint.reader)
     else:
         exporter = otlp.metric_exporter(s)
         if exporter is not None:
-            readers.append(PeriodicExportingMetricReader(
+            periodic.append(PeriodicExportingMetricReader(
                 exporter, export_interval_millis=s.metric_export_interval_ms,
                 export_timeout_millis=s.export_timeout_s * 1000,
             ))
+            readers.append(periodic[-1])
     mp = MeterProvider(metric_readers=readers, resource=resource, views=views(s.cardinality_limit),
                        shutdown_on_exit=False)
     with _sdk_self_metrics():
@@ -153,13 +189,14 @@ def build(
             tp.add_span_processor(proc)
         span_exporter = otlp.span_exporter(s, mp)
         if span_exporter is not None:
-            tp.add_span_processor(BatchSpanProcessor(
+            batches.append(BatchSpanProcessor(
                 span_exporter, max_queue_size=s.span_queue_size, max_export_batch_size=min(512, s.span_queue_size),
                 export_timeout_millis=s.export_timeout_s * 1000, meter_provider=mp,
             ))
+            tp.add_span_processor(batches[-1])
         lp = None
         if s.logs and (s.exporter in ("otlp", "console") or log_processors):
-            lp = _logger_provider(s, resource, mp, log_processors)
+            lp = _logger_provider(s, resource, mp, log_processors, batches)
     # Only a complete foreign set-up is reused (above); otherwise ours serve paid-telemetry
     # and fill whichever global slot is still free, for other libraries' benefit.
     if foreign_tp is None:
@@ -168,7 +205,7 @@ def build(
         _install_global_meter(mp)
     return Providers(
         meter=mp.get_meter(SCOPE, VERSION), tracer=tp.get_tracer(SCOPE, VERSION), meter_provider=mp,
-        tracer_provider=tp, logger_provider=lp, owned=True, endpoint=endpoint,
+        tracer_provider=tp, logger_provider=lp, owned=True, endpoint=endpoint, fork_sensitive=(*periodic, *batches),
     )
 
 
@@ -187,7 +224,7 @@ def _sdk_self_metrics() -> Iterator[None]:
             os.environ.pop(var, None)
 
 
-def _logger_provider(s: Settings, resource: Any, mp: Any, log_processors: Sequence[Any]) -> Any:
+def _logger_provider(s: Settings, resource: Any, mp: Any, log_processors: Sequence[Any], batches: list[Any]) -> Any:
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
@@ -196,9 +233,10 @@ def _logger_provider(s: Settings, resource: Any, mp: Any, log_processors: Sequen
         lp.add_log_record_processor(proc)
     exporter = otlp.log_exporter(s, mp)
     if exporter is not None:
-        lp.add_log_record_processor(
+        batches.append(
             BatchLogRecordProcessor(exporter, export_timeout_millis=s.export_timeout_s * 1000, meter_provider=mp)
         )
+        lp.add_log_record_processor(batches[-1])
     return lp
 
 
