@@ -81,8 +81,10 @@ def _flush_then_die(stop: Callable[[], None], signum: int) -> None:
     except BaseException:  # never keep the process alive because the flush failed
         pass
     finally:
-        _sigterm_done.set()
-        os.kill(os.getpid(), signum)  # the disposition is SIG_DFL again: the process ends
+        try:
+            os.kill(os.getpid(), signum)  # the disposition is SIG_DFL again: the process ends
+        finally:
+            _sigterm_done.set()  # (only if it did not: an exit waiting for us goes on)
 
 
 def on_fork(before: Callable[[], None], after_in_child: Callable[[], None]) -> None:
