@@ -124,3 +124,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     s.up()
     yield s
     s.down()
+
+
+@pytest.fixture(scope="session")
+def otlp_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Collector and Prometheus only (scraping every second): OTLP from many processes."""
+    from paid_telemetry_ops.stack import Stack
+
+    s = Stack(tmp_path_factory.mktemp("otlp-stack"), temporal=False, jaeger=False, alertmanager=False,
+              scrape_interval="1s")
+    s.up()
+    yield s
+    s.down()

@@ -210,7 +210,10 @@ def test_bad_value_gives_clear_error_or_documented_fallback(
         assert _runs(reader) == 1
 
 
-def test_port_in_use_is_a_clear_error_and_the_previous_setup_keeps_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_port_in_use_falls_back_and_only_strict_mode_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy port is another worker of the same server, not a bad setting: the process serves on
+    the next port (docs/deploying.md). With strict=True it is a clear error, and the previous
+    set-up keeps serving."""
     import urllib.request
 
     first = pt.configure(prometheus_port=0, handle_sigterm=False)
@@ -220,15 +223,23 @@ def test_port_in_use_is_a_clear_error_and_the_previous_setup_keeps_serving(monke
         port = busy.getsockname()[1]
         monkeypatch.setenv("PAID_TELEMETRY_PROMETHEUS_PORT", str(port))
         with pytest.raises(pt.ConfigurationError) as info:
-            pt.configure(handle_sigterm=False)
-    assert info.value.setting == "PAID_TELEMETRY_PROMETHEUS_PORT"
-    assert info.value.value == port
-    assert "a free port" in info.value.allowed and "Address already in use" in str(info.value)
-    assert runtime.active() is first
-    _record_one()
-    assert first.prometheus_url is not None
-    body = urllib.request.urlopen(first.prometheus_url, timeout=5).read().decode()
-    assert 'paid_agent_runs_total{agent_type="settings-test",project_id="p1",status="completed"} 1' in body
+            pt.configure(handle_sigterm=False, strict=True)
+        assert info.value.setting == "PAID_TELEMETRY_PROMETHEUS_PORT"
+        assert info.value.value == port
+        assert "a free port" in info.value.allowed and "Address already in use" in str(info.value)
+        assert runtime.active() is first
+        _record_one()
+        assert first.prometheus_url is not None
+        body = urllib.request.urlopen(first.prometheus_url, timeout=5).read().decode()
+        assert 'paid_agent_runs_total{agent_type="settings-test",project_id="p1",status="completed"} 1' in body
+
+        second = pt.configure(handle_sigterm=False)  # not strict: no error, another port
+        assert second.prometheus_url is not None and f":{port}/" not in second.prometheus_url
+        _record_one()
+        body = urllib.request.urlopen(second.prometheus_url, timeout=5).read().decode()
+        assert 'paid_agent_runs_total{agent_type="settings-test",project_id="p1",status="completed"} 1' in body
+        assert ('paid_telemetry_dropped_records_total{instrument="prometheus_endpoint",reason="port_in_use"} 1'
+                in body)
 
 
 def test_reconfigure_on_the_same_port_keeps_serving_the_new_setup() -> None:

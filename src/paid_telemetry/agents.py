@@ -46,6 +46,35 @@ def remove_run_end_hook(hook: RunEndHook) -> None:
     _run_end_hooks = tuple(h for h in _run_end_hooks if h is not hook)
 
 
+# Runs entered and not yet exited, so SIGTERM can end them as cancelled. Whoever pops a run
+# (its own __exit__ or end_open_runs) records its end: dict.pop is atomic, so never twice.
+_open_runs: dict[int, AgentRun] = {}
+
+
+def end_open_runs(status: str = "cancelled") -> int:
+    """Record every open run as ended with ``status`` (on SIGTERM); returns how many.
+
+    Called from a thread of its own: the span is ended, the context of the thread that
+    opened the run is left alone (the process is going away).
+    """
+    ended = 0
+    for key in list(_open_runs):
+        run = _open_runs.pop(key, None)
+        if run is not None:
+            run.status = status
+            try:
+                run._record_end(None)
+            except Exception:  # _record_end counts its own errors; never stop the others ending
+                pass
+            ended += 1
+    return ended
+
+
+def forget_open_runs() -> None:
+    """In a forked child: runs opened before the fork are the parent's to record."""
+    _open_runs.clear()
+
+
 def current_run() -> AgentRun | None:
     """The agent run active in this context (thread / task), if any."""
     return _CURRENT_RUN.get()
@@ -150,9 +179,17 @@ class AgentRun:
         except Exception as exc:
             t.guard.internal_error("agent_run", exc)
         self._start = time.perf_counter()
+        _open_runs[id(self)] = self
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if _open_runs.pop(id(self), None) is not None:  # else already ended (SIGTERM) or forked
+                self._record_end(exc)
+        finally:
+            self._detach()
+
+    def _record_end(self, exc: BaseException | None) -> None:
         """Count the run, record its histograms, run the end hooks and end its span: each step
         on its own, so a failing one (an odd label, a broken hook) never skips the others."""
         duration = time.perf_counter() - self._start
@@ -161,36 +198,33 @@ class AgentRun:
         pending: TelemetryInputError | None = None
         status = self.status if self.status is not None else exit_status(exc)
         try:
+            labels = t.metrics.run_labels.get((self.project_id, self.agent_type, status))
+            status = labels.get("status", "other")  # what was counted, e.g. "other" for an odd status
+            t.metrics.agent_runs.add(1, labels)
+        except Exception as err:
+            pending = guard.fault("agent_run", err, pending)
+        self.status = status
+        try:
+            labels = t.metrics.run_hist_labels.get((self.project_id, self.agent_type))
+            t.metrics.agent_duration.record(duration, labels)
+            iterations = guard.amount(AGENT_ITERATIONS.name, self.iterations)
+            if iterations is not None:
+                t.metrics.agent_iterations.record(iterations, labels)
+        except Exception as err:
+            pending = guard.fault("agent_run", err, pending)
+        for hook in _run_end_hooks:
             try:
-                labels = t.metrics.run_labels.get((self.project_id, self.agent_type, status))
-                status = labels.get("status", "other")  # what was counted, e.g. "other" for an odd status
-                t.metrics.agent_runs.add(1, labels)
+                hook(self, duration, status)
+            except Exception as err:
+                pending = guard.fault("agent_run end hook", err, pending)
+        span = self._span  # kept: the run-end log line reads ids from it afterwards
+        if span is not None:
+            try:
+                self._finish_span(span, status, exc)
             except Exception as err:
                 pending = guard.fault("agent_run", err, pending)
-            self.status = status
-            try:
-                labels = t.metrics.run_hist_labels.get((self.project_id, self.agent_type))
-                t.metrics.agent_duration.record(duration, labels)
-                iterations = guard.amount(AGENT_ITERATIONS.name, self.iterations)
-                if iterations is not None:
-                    t.metrics.agent_iterations.record(iterations, labels)
-            except Exception as err:
-                pending = guard.fault("agent_run", err, pending)
-            for hook in _run_end_hooks:
-                try:
-                    hook(self, duration, status)
-                except Exception as err:
-                    pending = guard.fault("agent_run end hook", err, pending)
-            span = self._span  # kept: the run-end log line reads ids from it afterwards
-            if span is not None:
-                try:
-                    self._finish_span(span, status, exc)
-                except Exception as err:
-                    pending = guard.fault("agent_run", err, pending)
-                finally:
-                    span.end()
-        finally:
-            self._detach()
+            finally:
+                span.end()
         if pending is not None:
             surface(pending, exc)
 

@@ -179,6 +179,7 @@ DROP_REASONS = (
     "internal_error",    # a bug in paid-telemetry caught before it reached the caller
     "not_utf8",          # a label with characters UTF-8 cannot encode (lone surrogates): replaced by U+FFFD
     "unrenderable",      # a series the /metrics endpoint could not render (instrument="prometheus_endpoint"): left out
+    "port_in_use",       # the /metrics port was busy: this process serves on the next free one
 )
 
 

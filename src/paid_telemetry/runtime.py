@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from paid_telemetry.export import providers as _providers
@@ -43,11 +44,26 @@ class Telemetry:
             reader.on_problem = lambda reason, detail: guard.report(
                 "prometheus_endpoint", reason, detail, may_raise=False)
         self._shutdown_done = False
+        self._warm_up: threading.Thread | None = None
         if not noop:
             # genai-prices loads its price table on first use (~150 ms): do it off the hot path.
             # Not a daemon: a daemon thread killed inside its Rust extension at interpreter exit
             # aborts the process ("FATAL: exception not rethrown"); exit waits for it instead.
-            threading.Thread(target=self.prices.warm_up, name="paid-telemetry-prices", daemon=False).start()
+            self._warm_up = threading.Thread(target=self.prices.warm_up, name="paid-telemetry-prices", daemon=False)
+            self._warm_up.start()
+
+    def wait_warm_up(self, timeout_s: float) -> None:
+        """Let the prices warm-up finish (before a fork: a child must not inherit a half-done
+        import of genai-prices, whose module lock would belong to a thread it does not have)."""
+        thread = self._warm_up
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout_s)
+
+    def abandon(self) -> None:
+        """In a forked child: this handle belongs to the parent; stop it without flushing (see
+        Providers.abandon). The child gets a handle of its own."""
+        self._shutdown_done = True
+        self.providers.abandon()
 
     @property
     def meter_provider(self) -> Any:
@@ -86,6 +102,9 @@ class Telemetry:
 _current: Telemetry | None = None
 _noop: Telemetry | None = None
 _warned_unconfigured = False
+# Set in a forked child whose parent was configured: builds the child's own set-up on first
+# use, outside os.fork() (other modules' after-fork hooks may still hold their locks there).
+after_fork: Callable[[], Telemetry | None] | None = None
 
 
 def current() -> Telemetry:
@@ -108,8 +127,19 @@ def activate(t: Telemetry | None) -> Telemetry | None:
     return previous
 
 
+def silence_unconfigured() -> None:
+    """No "configure() was not called" warning from now on (after shutdown on SIGTERM)."""
+    global _warned_unconfigured
+    _warned_unconfigured = True
+
+
 def _unconfigured() -> Telemetry:
     global _noop, _warned_unconfigured
+    rebuild = after_fork
+    if rebuild is not None:
+        t = rebuild()
+        if t is not None:
+            return t
     if not _warned_unconfigured:
         _warned_unconfigured = True
         log.warning("paid-telemetry: configure() was not called; metrics and spans are not recorded")

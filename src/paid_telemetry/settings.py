@@ -87,6 +87,9 @@ class Settings:
     otlp_timeouts_s: Mapping[str, float] = field(default_factory=dict)  # signal -> timeout
     prometheus_host: str = "127.0.0.1"
     prometheus_port: int = 9464
+    # Ports tried from prometheus_port when it is busy (another worker of the same server):
+    # 9464..9479 by default; past the range an ephemeral port (docs/deploying.md).
+    prometheus_port_range: int = 16
     metric_export_interval_ms: int = 10_000
     export_timeout_s: float = 5.0
     shutdown_timeout_s: float = 5.0
@@ -355,6 +358,7 @@ _SPECS: dict[str, tuple[Check, Parse | None, str | None]] = {
     "otlp_timeouts_s": (_check_timeouts, None, None),
     "prometheus_host": (_check_host, lambda t: _check_host(t.strip()), "PAID_TELEMETRY_PROMETHEUS_HOST"),
     "prometheus_port": (*_PORT, "PAID_TELEMETRY_PROMETHEUS_PORT"),
+    "prometheus_port_range": (*_int_range(1, 1024, "a number of ports"), "PAID_TELEMETRY_PROMETHEUS_PORT_RANGE"),
     "metric_export_interval_ms": (*_int_range(1, 86_400_000, "an integer number of milliseconds"), None),
     "export_timeout_s": (*_float_range(0.0, 3600.0, "a number of seconds", lo_open=True),
                          "PAID_TELEMETRY_EXPORT_TIMEOUT"),

@@ -100,6 +100,28 @@ def tcp_ok(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+def temporal_healthy(address: str, namespace: str = "default", timeout: float = 10.0) -> bool:
+    """The Temporal frontend answers its gRPC health check with SERVING and ``namespace`` exists.
+
+    An open port and a metrics page are not enough: right after start the frontend refuses
+    calls with "Frontend is not healthy yet" and the default namespace is registered a moment
+    later. Asks the real CLI (``temporal operator cluster health`` / ``namespace describe``).
+    """
+    temporal = find_binary("temporal")
+    try:
+        health = subprocess.run([temporal, "operator", "cluster", "health", "--address", address],
+                                capture_output=True, text=True, timeout=timeout)
+        if health.returncode != 0 or "SERVING" not in health.stdout:
+            return False
+        described = subprocess.run(
+            [temporal, "operator", "namespace", "describe", "-n", namespace, "--address", address],
+            capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return described.returncode == 0
+
+
 @dataclass
 class Service:
     """One process: argv, a readiness check and a log file."""
@@ -186,7 +208,8 @@ def temporal_server(workdir: Path, *, port: int | None = None, metrics_port: int
     if backlog_interval:
         argv += ["--dynamic-config-value", f'matching.backlogMetricsEmitInterval="{backlog_interval}"']
     argv += list(extra_args)
-    return Service(
-        "temporal", argv, workdir, ready=lambda: tcp_ok(port) and http_ok(f"http://127.0.0.1:{metrics_port}/metrics"),
-        ports={"grpc": port, "metrics": metrics_port},
-    )
+    def ready() -> bool:
+        return (tcp_ok(port) and http_ok(f"http://127.0.0.1:{metrics_port}/metrics")
+                and temporal_healthy(f"127.0.0.1:{port}"))
+
+    return Service("temporal", argv, workdir, ready=ready, ports={"grpc": port, "metrics": metrics_port})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -688,19 +689,66 @@ def serve(reader: EmbeddedPrometheusReader, host: str, port: int, *, max_threads
 class Endpoint:
     """The embedded /metrics endpoint: a pull reader and the HTTP server that serves it."""
 
-    def __init__(self, reader: EmbeddedPrometheusReader, server: MetricsHTTPServer) -> None:
+    def __init__(self, reader: EmbeddedPrometheusReader, server: MetricsHTTPServer, requested_port: int | None = None
+                 ) -> None:
         self.reader = reader
         self.server = server
         host, port = server.server_address[:2]
+        self.port = int(port)
         self.url = f"http://{host!s}:{port}/metrics"
+        # The port asked for, when it was busy and this endpoint serves on another one.
+        self.fallback_from = requested_port if requested_port not in (None, 0, self.port) else None
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
+    def abandon(self) -> None:
+        """In a forked child: close the inherited copy of the parent's socket. The serving
+        thread did not survive the fork, so ``close()`` (which waits for it) would hang."""
+        self.server.socket.close()
 
-def start_endpoint(host: str, port: int) -> Endpoint:
-    """Start serving a new reader's metrics at http://host:port/metrics."""
+
+_warned_fallback = False
+
+
+def start_endpoint(host: str, port: int, *, port_range: int = 1, strict: bool = False) -> Endpoint:
+    """Start serving a new reader's metrics at http://host:port/metrics.
+
+    A busy ``port`` (the second worker of a pre-fork server) is not an error unless
+    ``strict``: the next free port of ``port .. port + port_range - 1`` serves this
+    process's metrics, or past the range an ephemeral one, with a one-time warning.
+    """
     reader = EmbeddedPrometheusReader()
-    return Endpoint(reader, serve(reader, host, port))
+    candidates = [port] if port == 0 else [*list(range(port, min(port + max(1, port_range), 65536))), 0]
+    for candidate in candidates:
+        try:
+            server = serve(reader, host, candidate)
+        except OSError as exc:
+            # Only a busy port moves on to the next one; a host that does not resolve or is not
+            # this machine's fails the same on every port (the caller turns it into a clear error).
+            if strict or candidate == candidates[-1] or exc.errno != errno.EADDRINUSE:
+                reader.shutdown()
+                raise
+            continue
+        endpoint = Endpoint(reader, server, requested_port=port)
+        if endpoint.fallback_from is not None:
+            _warn_fallback(endpoint, host, port, port_range)
+        return endpoint
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
+
+def _warn_fallback(endpoint: Endpoint, host: str, port: int, port_range: int) -> None:
+    global _warned_fallback
+    if _warned_fallback:
+        return
+    _warned_fallback = True
+    last = port + max(1, port_range) - 1
+    where = "outside the range, on an ephemeral port" if endpoint.port > last else "on the next free port"
+    log.warning(
+        "paid-telemetry: port %s:%s is in use (another worker of this server?); this process serves its metrics "
+        "%s: %s. Scrape ports %s-%s (PAID_TELEMETRY_PROMETHEUS_PORT .. +PAID_TELEMETRY_PROMETHEUS_PORT_RANGE-1), "
+        "or export over OTLP (PAID_TELEMETRY_EXPORTER=otlp) from multi-process servers: see docs/deploying.md. "
+        "Counted in paid_telemetry_dropped_records_total{reason=\"port_in_use\"}.",
+        host, port, where, endpoint.url, port, last,
+    )

@@ -50,6 +50,7 @@ class Providers:
     endpoint: Any = None  # the embedded /metrics server, in prometheus mode
     endpoint_at: tuple[str, int] | None = None  # the (host, port) asked for
     adopt_reader: Any = None  # a reader for the previous set-up's server, until commit()
+    fork_sensitive: tuple[Any, ...] = ()  # exporting readers and batch processors (see abandon)
 
     @property
     def prometheus_url(self) -> str | None:
@@ -101,6 +102,30 @@ class Providers:
         if self.endpoint is not None:
             self.endpoint.close()
             self.endpoint = None
+
+
+    def abandon(self) -> None:
+        """In a forked child, let go of the parent's set-up without exporting its data twice.
+
+        The child inherits the parent's aggregates, queues, sockets and locks (some possibly
+        held by parent threads that do not exist here). Nothing of it is flushed or locked:
+        the inherited listening socket is closed, and the SDK's own after-fork hooks (which
+        run after ours) find the exporting threads told to stop at once: the periodic
+        reader's ticker is replaced by a no-op, the batch processors are marked shut down.
+        """
+        if self.endpoint is not None:
+            with contextlib.suppress(OSError):
+                self.endpoint.abandon()
+            self.endpoint = None
+        for obj in self.fork_sensitive:
+            with contextlib.suppress(Exception):
+                if hasattr(obj, "_ticker"):
+                    obj._ticker = lambda: None  # PeriodicExportingMetricReader
+                inner = getattr(obj, "_batch_processor", None)  # BatchSpan/LogRecordProcessor
+                if inner is not None:
+                    inner._shutdown = True
+        self.fork_sensitive = ()
+        self.owned = False
 
 
 def noop() -> Providers:
@@ -168,6 +193,8 @@ def _build_own(
         attrs["service.version"] = s.service_version
     resource = Resource.create(attrs)
     readers = list(metric_readers)
+    periodic: list[Any] = []  # our exporting readers and batch processors, for abandon() after a fork
+    batches: list[Any] = []
     endpoint = None
     adopt = None
     if s.metrics_exporter == "prometheus":
@@ -186,10 +213,11 @@ def _build_own(
     else:
         exporter = _exporter(s, "metrics", otlp.metric_exporter)
         if exporter is not None:
-            readers.append(PeriodicExportingMetricReader(
+            periodic.append(PeriodicExportingMetricReader(
                 exporter, export_interval_millis=s.metric_export_interval_ms,
                 export_timeout_millis=s.signal_timeout_s("metrics") * 1000,
             ))
+            readers.append(periodic[-1])
     mp = MeterProvider(metric_readers=readers, resource=resource, views=views(s.cardinality_limit),
                        shutdown_on_exit=False)
     built.append(lambda: mp.shutdown(timeout_millis=1000))
@@ -207,17 +235,18 @@ def _build_own(
             tp.add_span_processor(proc)
         span_exporter = _exporter(s, "traces", lambda s_: otlp.span_exporter(s_, mp))
         if span_exporter is not None:
-            tp.add_span_processor(BatchSpanProcessor(
+            batches.append(BatchSpanProcessor(
                 span_exporter, max_queue_size=s.span_queue_size, max_export_batch_size=min(512, s.span_queue_size),
                 export_timeout_millis=s.signal_timeout_s("traces") * 1000, meter_provider=mp,
             ))
+            tp.add_span_processor(batches[-1])
         lp = None
         if s.logs and (s.logs_exporter in ("otlp", "console") or log_processors):
-            lp = _logger_provider(s, resource, mp, log_processors)
+            lp = _logger_provider(s, resource, mp, log_processors, batches)
             built.append(lp.shutdown)
     providers = Providers(
         meter=mp.get_meter(SCOPE, VERSION), tracer=tp.get_tracer(SCOPE, VERSION), meter_provider=mp,
-        tracer_provider=tp, logger_provider=lp, owned=True, endpoint=endpoint,
+        tracer_provider=tp, logger_provider=lp, owned=True, endpoint=endpoint, fork_sensitive=(*periodic, *batches),
     )
     if endpoint is not None:  # the port actually bound, so configure(prometheus_port=<it>) reuses it
         providers.endpoint_at = (s.prometheus_host, int(endpoint.server.server_address[1]))
@@ -234,7 +263,8 @@ def _start_endpoint(s: Settings) -> Any:
     from paid_telemetry.export.prometheus import start_endpoint
 
     try:
-        return start_endpoint(s.prometheus_host, s.prometheus_port)
+        return start_endpoint(s.prometheus_host, s.prometheus_port, port_range=s.prometheus_port_range,
+                              strict=s.strict)
     except socket.gaierror as exc:
         raise settings_error(s, "prometheus_host", "a host name that resolves, or an IP address, on this machine",
                              f"cannot resolve it: {exc.strerror or exc}") from None
@@ -322,7 +352,7 @@ def _sdk_self_metrics() -> Iterator[None]:
             os.environ.pop(var, None)
 
 
-def _logger_provider(s: Settings, resource: Any, mp: Any, log_processors: Sequence[Any]) -> Any:
+def _logger_provider(s: Settings, resource: Any, mp: Any, log_processors: Sequence[Any], batches: list[Any]) -> Any:
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
@@ -331,9 +361,10 @@ def _logger_provider(s: Settings, resource: Any, mp: Any, log_processors: Sequen
         lp.add_log_record_processor(proc)
     exporter = _exporter(s, "logs", lambda s_: otlp.log_exporter(s_, mp))
     if exporter is not None:
-        lp.add_log_record_processor(BatchLogRecordProcessor(
+        batches.append(BatchLogRecordProcessor(
             exporter, export_timeout_millis=s.signal_timeout_s("logs") * 1000, meter_provider=mp,
         ))
+        lp.add_log_record_processor(batches[-1])
     return lp
 
 
