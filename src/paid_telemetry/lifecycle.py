@@ -25,13 +25,18 @@ def configure(
 
     Keyword arguments are the fields of :class:`paid_telemetry.Settings`; arguments
     win over environment variables. ``metric_readers``/``span_processors``/``log_processors``
-    add readers or processors (for example OTel's in-memory ones in tests).
+    add readers or processors (for example OTel's in-memory ones in tests). Unless
+    ``genai_spans=False``, LLM usage on GenAI client spans is counted (``paid_telemetry.genai_spans``).
     """
     resolved = resolve(**settings)
     with _lock:
         previous = runtime.active()
         if previous is not None:
             previous.shutdown()
+        if resolved.genai_spans:
+            from paid_telemetry.genai_spans import GenAISpanProcessor
+
+            span_processors = (GenAISpanProcessor(), *span_processors)
         built = providers.build(
             resolved, metric_readers=metric_readers, span_processors=span_processors, log_processors=log_processors,
         )

@@ -46,6 +46,7 @@ class Settings:
     logs: bool = True  # export log records over OTLP when logging is configured
     log_format: Literal["json", "console", "off"] = "off"  # "off": leave the application's logging alone
     log_level: str = "info"
+    genai_spans: bool = True  # count tokens and cost from GenAI client spans (docs/genai.md)
 
 
 def _parse_kv(raw: str) -> dict[str, str]:
@@ -101,6 +102,7 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "PAID_TELEMETRY_LOGS": ("logs", _bool),
         "PAID_TELEMETRY_LOG_FORMAT": ("log_format", str),
         "PAID_TELEMETRY_LOG_LEVEL": ("log_level", str),
+        "PAID_TELEMETRY_GENAI_SPANS": ("genai_spans", _bool),
     }
     for var, (key, conv) in simple.items():
         if e.get(var):
