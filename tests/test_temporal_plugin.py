@@ -50,7 +50,8 @@ async def test_one_line_plugin_records_metrics_spans_and_sdk_metrics(tel: Captur
     assert isinstance(runner, SandboxedWorkflowRunner)
     assert set(SANDBOX_PASSTHROUGH) <= set(runner.restrictions.passthrough_modules)
     # the interceptor is the client's (which temporalio hands to the worker): registered once
-    assert [i for i in client.config()["interceptors"] if isinstance(i, TelemetryInterceptor)] == [plugin.interceptor]
+    client_interceptors = client.config(active_config=True)["interceptors"]
+    assert [i for i in client_interceptors if isinstance(i, TelemetryInterceptor)] == [plugin.interceptor]
     async with worker:
         for i in range(2):
             assert await client.execute_workflow(
