@@ -6,6 +6,7 @@ hand (``record_tokens``) and seen on a GenAI span (``genai_spans``): see docs/ge
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from typing import Any
 
@@ -86,10 +87,11 @@ class Ledger:
     is current marks that span, whatever its numbers.
     """
 
-    __slots__ = ("_from_hand", "_from_spans", "_marked")
+    __slots__ = ("_from_hand", "_from_spans", "_lock", "_marked")
     _SIZE = 64
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # a run's calls may end in several threads at once
         self._from_hand: deque[_Entry] = deque(maxlen=self._SIZE)
         self._from_spans: deque[_Entry] = deque(maxlen=self._SIZE)
         self._marked: deque[int] = deque(maxlen=self._SIZE)
@@ -100,28 +102,31 @@ class Ledger:
         if type(provider) is not str or type(tin) not in (int, float) or type(tout) not in (int, float):
             return True
         prov = provider_id(provider)
-        for entry in self._from_spans:
-            if entry[1] == prov and entry[3] == tin and entry[4] == tout and entry[0] == project and model in entry[2]:
-                self._from_spans.remove(entry)
-                return False
-        if span_id is not None:
-            self._marked.append(span_id)
-        else:
-            self._from_hand.append((project, prov, model, tin, tout))
+        with self._lock:
+            for entry in self._from_spans:
+                if entry[1] == prov and entry[3] == tin and entry[4] == tout and entry[0] == project \
+                        and model in entry[2]:
+                    self._from_spans.remove(entry)
+                    return False
+            if span_id is not None:
+                self._marked.append(span_id)
+            else:
+                self._from_hand.append((project, prov, model, tin, tout))
         return True
 
     # -- a span record ------------------------------------------------------------------
     def span(self, span_id: int, project: Any, provider: str, models: tuple[Any, ...], tin: Any, tout: Any) -> bool:
         """Note a span's usage; False when it was recorded by hand already (skip it)."""
-        if span_id in self._marked:
-            self._marked.remove(span_id)
-            return False
-        for entry in self._from_hand:
-            if entry[1] == provider and entry[3] == tin and entry[4] == tout and entry[0] == project \
-                    and entry[2] in models:
-                self._from_hand.remove(entry)
+        with self._lock:
+            if span_id in self._marked:
+                self._marked.remove(span_id)
                 return False
-        self._from_spans.append((project, provider, models, tin, tout))
+            for entry in self._from_hand:
+                if entry[1] == provider and entry[3] == tin and entry[4] == tout and entry[0] == project \
+                        and entry[2] in models:
+                    self._from_hand.remove(entry)
+                    return False
+            self._from_spans.append((project, provider, models, tin, tout))
         return True
 
 
