@@ -186,8 +186,8 @@ MUTATIONS = [
     ("workflows.yml", 'namespace!="temporal_system"', 'namespace!="x"'),
     ("external_apis.yml", "ratio10m > 0.05", "ratio10m >= 0.05"),
     ("infrastructure.yml", "unless on (job, instance, device, mountpoint) node_filesystem_readonly == 1", ""),
-    ("watchers.yml", "or\n          sum by (instrument, reason) (paid_telemetry_dropped_records_total{reason!=\"no_usage\"}"
-                     " unless paid_telemetry_dropped_records_total offset 10m) > 0", ""),
+    ("watchers.yml", "or\n          sum by (instrument, reason) (paid_telemetry_dropped_records_total"
+                     '{reason!="no_usage"} unless paid_telemetry_dropped_records_total offset 10m) > 0', ""),
     # the no_usage exclusion (failed LLM calls are expected, not a caller bug)
     ("watchers.yml", 'increase(paid_telemetry_dropped_records_total{reason!="no_usage"}[10m])',
      "increase(paid_telemetry_dropped_records_total[10m])"),
