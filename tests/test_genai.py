@@ -282,6 +282,29 @@ def test_older_attribute_generation_and_provider_names_are_normalised(own: Recor
         cents("google", "gemini-2.5-pro", input_tokens=30, output_tokens=6), rel=1e-12)
 
 
+def test_hand_record_while_the_llm_span_is_current_marks_it(own: Recorded) -> None:
+    tracer = own.handle.tracer_provider.get_tracer("wrapper.llm")
+    attrs = {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o"}
+    with pt.agent_run("p-mark") as run:
+        with tracer.start_as_current_span("chat gpt-4o", attributes=attrs) as span:
+            run.record_tokens(provider="openai", model="gpt-4o", input_tokens=5, output_tokens=5)
+            span.set_attributes({"gen_ai.usage.input_tokens": 7, "gen_ai.usage.output_tokens": 7})
+        llm_span(own, {**attrs, "gen_ai.usage.input_tokens": 3, "gen_ai.usage.output_tokens": 3})  # not marked
+    assert own.value("paid_tokens", project_id="p-mark", provider="openai", model="gpt-4o", type="input") == 8
+    assert (run.input_tokens, run.output_tokens) == (8, 8)
+
+
+def test_span_project_attribute_and_int_project_ids(own: Recorded) -> None:
+    attrs = {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
+             "gen_ai.usage.input_tokens": 4, "gen_ai.usage.output_tokens": 1}
+    with pt.agent_run(45) as run:
+        llm_span(own, {**attrs, "paid.project_id": "45"})  # the run's own project, as a string
+        llm_span(own, {**attrs, "paid.project_id": "other"})  # someone else's call inside the run
+    assert run.input_tokens == 4
+    assert own.value("paid_tokens", project_id="45", provider="openai", model="gpt-4o", type="input") == 4
+    assert own.value("paid_tokens", project_id="other", provider="openai", model="gpt-4o", type="input") == 4
+
+
 def test_semconv_metrics_are_emitted_for_an_instrumentation_without_them(own: Recorded) -> None:
     llm_span(own, {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "chat",
                    "gen_ai.request.model": "gpt-4o", "gen_ai.response.model": "gpt-4o-2024-08-06",

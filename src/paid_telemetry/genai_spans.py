@@ -66,8 +66,8 @@ class GenAISpanProcessor(SpanProcessor):
 
     def __init__(self) -> None:
         self._owners: dict[int, tuple[AgentRun | None, Any]] = {}
-        # One call, two instrumentations (e.g. the anthropic SDK's own span inside OpenLLMetry's):
-        # the innermost LLM span counts, its LLM ancestors are "covered" and skipped.
+        # One call, two nested LLM spans (e.g. a framework's chat span around the client's):
+        # the innermost counts, its LLM ancestors are "covered" and skipped.
         self._llm_parent: dict[int, int] = {}
         self._covered: dict[int, bool] = {}
         # Two instrumentations of one call as siblings (the anthropic SDK's own span beside
@@ -161,7 +161,7 @@ class GenAISpanProcessor(SpanProcessor):
 
         run, project = owner if owner is not None else (None, None)
         span_project = attrs.get(PROJECT_KEY)
-        if span_project is not None and (run is None or span_project != run.project_id):
+        if span_project is not None and (run is None or span_project != safe_text(run.project_id)):
             run, project = None, span_project
         if run is not None:
             project = run.project_id
