@@ -68,6 +68,12 @@ def _usage(attrs: Any) -> tuple[int | float | None, int | float | None]:
     return _count(attrs.get(_A_IN, attrs.get(_A_IN_OLD))), _count(attrs.get(_A_OUT, attrs.get(_A_OUT_OLD)))
 
 
+# Two instrumentations of one call as siblings (the anthropic SDK's own span beside OpenLLMetry's):
+# same trace and gen_ai.response.id, counted once. Shared by every processor: after a second
+# configure() the instrumentations may still hold the first (global) tracer provider.
+_responses: dict[tuple[int, str], None] = {}
+
+
 class GenAISpanProcessor(SpanProcessor):
     """Counts each LLM call's tokens and cost from its GenAI client span when the span ends."""
 
@@ -77,9 +83,6 @@ class GenAISpanProcessor(SpanProcessor):
         # the innermost counts, its LLM ancestors are "covered" and skipped.
         self._llm_parent: dict[int, int] = {}
         self._covered: dict[int, bool] = {}
-        # Two instrumentations of one call as siblings (the anthropic SDK's own span beside
-        # OpenLLMetry's): same trace and gen_ai.response.id, counted once.
-        self._responses: dict[tuple[int, str], None] = {}
         self._metrics_elsewhere: tuple[float, bool] = (-1e9, False)
         self._metric_attrs: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._instruments: tuple[Any, Any, Any] | None = None  # (meter, token histogram, duration)
@@ -139,11 +142,14 @@ class GenAISpanProcessor(SpanProcessor):
         response_id = attrs.get(_A_RESPONSE_ID)
         if type(response_id) is str:
             key = (span.context.trace_id, response_id)
-            if key in self._responses:
+            if key in _responses:
                 return
-            if len(self._responses) >= _MAX_RESPONSES:
-                del self._responses[next(iter(self._responses))]
-            self._responses[key] = None
+            if len(_responses) >= _MAX_RESPONSES:
+                try:
+                    del _responses[next(iter(_responses))]
+                except (KeyError, RuntimeError, StopIteration):  # another thread got there first
+                    pass
+            _responses[key] = None
         if not self._instrumentation_emits_metrics(t):
             self._semconv_metrics(t, span, attrs, op)
         tin, tout = _usage(attrs)
@@ -254,7 +260,6 @@ class GenAISpanProcessor(SpanProcessor):
         self._owners.clear()
         self._llm_parent.clear()
         self._covered.clear()
-        self._responses.clear()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
