@@ -282,6 +282,27 @@ def test_older_attribute_generation_and_provider_names_are_normalised(own: Recor
         cents("google", "gemini-2.5-pro", input_tokens=30, output_tokens=6), rel=1e-12)
 
 
+def test_one_response_seen_by_two_providers_processors_counts_once(own: Recorded) -> None:
+    """After a reconfigure an instrumentation may still hold the first (global) tracer provider,
+    whose processor is another GenAISpanProcessor: sibling spans of one call still count once."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from paid_telemetry.genai_spans import GenAISpanProcessor
+
+    old = TracerProvider()
+    old.add_span_processor(GenAISpanProcessor())
+    attrs = {"gen_ai.provider.name": "anthropic", "gen_ai.operation.name": "chat",
+             "gen_ai.request.model": "claude-3-5-haiku-latest", "gen_ai.response.id": "msg_twice",
+             "gen_ai.usage.input_tokens": 9, "gen_ai.usage.output_tokens": 1}
+    with pt.agent_run("p-two") as run, own.handle.tracer.start_as_current_span("outer"):
+        llm_span(own, attrs)
+        with old.get_tracer("sdk").start_as_current_span("anthropic.messages.create", attributes=attrs):
+            pass
+    assert run.input_tokens == 9
+    assert own.value("paid_tokens", project_id="p-two", provider="anthropic",
+                     model="claude-3-5-haiku-latest", type="input") == 9
+
+
 def test_hand_record_while_the_llm_span_is_current_marks_it(own: Recorded) -> None:
     tracer = own.handle.tracer_provider.get_tracer("wrapper.llm")
     attrs = {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o"}
