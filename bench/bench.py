@@ -8,6 +8,7 @@
     python bench/bench.py collector    # the collector's /metrics (SDK in otlp mode) vs embedded, same counts
     python bench/bench.py temporal     # workflows/s with and without TelemetryInterceptor (bench_temporal.py)
     python bench/bench.py memory       # bytes per series: paid-telemetry vs raw OTel instruments
+    python bench/bench.py genai        # GenAI span processor per LLM span vs openai-v2's own cost (bench_genai.py)
 
 Not a test: numbers depend on the machine; docs/performance.md records them with the
 machine and versions.
@@ -402,7 +403,7 @@ def bench_memory(count: int = 1_900) -> dict[str, float]:
     return {"series": count, "raw_otel_bytes": raw_b, "paid_telemetry_bytes": ours_b, "ratio": ours_b / raw_b}
 
 
-SECTIONS = ("record", "record_log", "endpoint", "idle", "collector", "temporal", "memory")
+SECTIONS = ("record", "record_log", "endpoint", "idle", "collector", "temporal", "memory", "genai")
 
 
 def main(argv: list[str]) -> None:
@@ -462,6 +463,11 @@ def main(argv: list[str]) -> None:
         print(f"raw OTel instruments: {r['raw_otel_bytes']:7.0f} bytes/series")
         print(f"paid-telemetry      : {r['paid_telemetry_bytes']:7.0f} bytes/series  ratio {r['ratio']:.2f}x "
               f"(includes the cached label sets)")
+    if "genai" in sections:
+        import bench_genai  # bench/ is on sys.path when run as a script
+
+        print("\n## GenAI span processor per LLM span vs the OpenAI v2 instrumentation's own cost (target < 10%)")
+        bench_genai.report(bench_genai.run(2000, 7), 2000, 7)
 
 
 if __name__ == "__main__":

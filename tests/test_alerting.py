@@ -186,8 +186,11 @@ MUTATIONS = [
     ("workflows.yml", 'namespace!="temporal_system"', 'namespace!="x"'),
     ("external_apis.yml", "ratio10m > 0.05", "ratio10m >= 0.05"),
     ("infrastructure.yml", "unless on (job, instance, device, mountpoint) node_filesystem_readonly == 1", ""),
-    ("watchers.yml", "or\n          sum by (instrument, reason) (paid_telemetry_dropped_records_total unless "
-                     "paid_telemetry_dropped_records_total offset 10m) > 0", ""),
+    ("watchers.yml", "or\n          sum by (instrument, reason) (paid_telemetry_dropped_records_total"
+                     '{reason!="no_usage"} unless paid_telemetry_dropped_records_total offset 10m) > 0', ""),
+    # the no_usage exclusion (failed LLM calls are expected, not a caller bug)
+    ("watchers.yml", 'increase(paid_telemetry_dropped_records_total{reason!="no_usage"}[10m])',
+     "increase(paid_telemetry_dropped_records_total[10m])"),
     ("watchers.yml", "up == 0\n        for: 5m", "up == 0\n        for: 1m"),
     # TelemetrySpansDropped: a loss series new in the window counts whole; successful exports never count.
     ("watchers.yml", "unless otel_sdk_processor_span_processed_total offset 10m)",

@@ -19,7 +19,7 @@ from opentelemetry.trace import Status, StatusCode
 from paid_telemetry import runtime
 from paid_telemetry._wrap import argument_getter, decorate, exit_status
 from paid_telemetry.catalogue import AGENT_ITERATIONS, QUALITY_SCORE
-from paid_telemetry.costs import record_usage
+from paid_telemetry.costs import LLM_OPERATIONS, OUTSIDE_RUNS, Ledger, record_usage
 from paid_telemetry.guard import MAX_COUNT, MAX_SPAN_NAME, TelemetryInputError, span_text, surface
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -88,7 +88,7 @@ class AgentRun:
     """
 
     __slots__ = (
-        "_ctx_token", "_otel_token", "_project_getter", "_span", "_start", "_t", "agent_type",
+        "_ctx_token", "_ledger", "_otel_token", "_project_getter", "_span", "_start", "_t", "agent_type",
         "attributes", "cost_cents", "input_tokens", "iterations", "model", "output_tokens",
         "project_id", "provider", "run_id", "status",
     )
@@ -113,6 +113,7 @@ class AgentRun:
         self.provider: Any = None
         self.model: Any = None
         self._span: Any = None
+        self._ledger: Ledger | None = None
         self._t: runtime.Telemetry | None = None
         self._project_getter: Callable[[tuple[Any, ...], dict[str, Any]], Any] | None = None
 
@@ -136,19 +137,37 @@ class AgentRun:
         output_tokens: int = 0,
         cost_cents: float | None = None,
     ) -> None:
-        """Record one LLM call's usage; cost is priced with genai-prices when not given."""
+        """Record one LLM call's usage; cost is priced with genai-prices when not given.
+
+        A call whose GenAI span is (or was) counted automatically is not counted again: see docs/genai.md.
+        """
         t = self._t or runtime.current()
         try:
+            if t.settings.genai_spans and not self.usage_ledger().hand(
+                self.project_id, provider, model, input_tokens, output_tokens, current_llm_span_id()
+            ):
+                return
             tin, tout, cents = record_usage(
                 t, self.project_id, provider, model, input_tokens, output_tokens, cost_cents
             )
-            self.input_tokens += tin
-            self.output_tokens += tout
-            if cents:
-                self.cost_cents += cents
-            self.provider, self.model = provider, model
+            self.add_usage(provider, model, tin, tout, cents)
         except Exception as exc:
             t.guard.internal_error("record_tokens", exc)
+
+    def add_usage(self, provider: Any, model: Any, tin: float, tout: float, cents: float | None) -> None:
+        """Add one recorded call to the run's totals (reported on its span at the end)."""
+        self.input_tokens += tin
+        self.output_tokens += tout
+        if cents:
+            self.cost_cents += cents
+        self.provider, self.model = provider, model
+
+    def usage_ledger(self) -> Ledger:
+        """This run's recent calls, which keep a call from being counted twice."""
+        ledger = self._ledger
+        if ledger is None:
+            ledger = self._ledger = Ledger()
+        return ledger
 
     def record_quality(self, score: float, *, prompt_slug: str) -> None:
         """Record a quality score in [0, 1] for this run's project and a prompt."""
@@ -307,6 +326,10 @@ def record_token_usage(
         return
     t = runtime.current()
     try:
+        if t.settings.genai_spans and not OUTSIDE_RUNS.hand(
+            project_id, provider, model, input_tokens, output_tokens, current_llm_span_id()
+        ):
+            return
         record_usage(t, project_id, provider, model, input_tokens, output_tokens, cost_cents)
     except Exception as exc:
         t.guard.internal_error("record_token_usage", exc)
@@ -315,6 +338,15 @@ def record_token_usage(
 def _same(a: Any, b: Any) -> bool:
     """``a == b`` for the project ids a caller passes (str or int), never a foreign ``__eq__``."""
     return a is b or (type(a) is type(b) and type(a) in (str, int) and a == b)
+
+
+def current_llm_span_id() -> int | None:
+    """The current span's id when it is an LLM call's GenAI span still in progress, else None."""
+    span = otel_trace.get_current_span()
+    attrs = getattr(span, "attributes", None)
+    if attrs and attrs.get("gen_ai.operation.name") in LLM_OPERATIONS and span.is_recording():
+        return span.get_span_context().span_id
+    return None
 
 
 def record_quality_score(score: float, *, prompt_slug: str, project_id: Any = None) -> None:

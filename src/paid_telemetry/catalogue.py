@@ -35,7 +35,7 @@ class Instrument:
     @property
     def prometheus_name(self) -> str:
         """The metric family name Prometheus shows (histograms add _bucket/_sum/_count)."""
-        name = self.name
+        name = self.name.replace(".", "_")
         suffix = _UNIT_SUFFIX.get(self.unit)
         if suffix and not name.endswith("_" + suffix):
             name = f"{name}_{suffix}"
@@ -71,7 +71,7 @@ AGENT_ITERATIONS = Instrument(
 )
 TOKENS = Instrument(
     "paid_tokens", Kind.COUNTER, "",
-    "LLM tokens used, by direction (type=input|output).",
+    "LLM tokens used, by type: input (not from or into a prompt cache), cache_read, cache_write, output.",
     ("project_id", "provider", "model", "type"),
 )
 COST_CENTS = Instrument(
@@ -157,9 +157,32 @@ CATALOGUE: tuple[Instrument, ...] = (
 )
 BY_NAME: dict[str, Instrument] = {i.name: i for i in CATALOGUE}
 
+# The OpenTelemetry GenAI semantic-convention client metrics, emitted from GenAI client spans
+# (paid_telemetry.genai_spans) when the instrumentation that made the span does not emit them
+# itself. Names, units, attributes and buckets are the semantic conventions', so stock GenAI
+# dashboards work; they are not Paid's own metrics, hence not in CATALOGUE.
+GENAI_TOKEN_USAGE = Instrument(
+    "gen_ai.client.token.usage", Kind.HISTOGRAM, "{token}",
+    "Tokens per GenAI operation, by gen_ai.token.type (input, output); semantic-convention metric.",
+    ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.token.type", "gen_ai.request.model",
+     "gen_ai.response.model", "server.address", "server.port"),
+    (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864),
+)
+GENAI_OPERATION_DURATION = Instrument(
+    "gen_ai.client.operation.duration", Kind.HISTOGRAM, "s",
+    "Duration of a GenAI operation (error.type set when it failed); semantic-convention metric.",
+    ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.response.model",
+     "server.address", "server.port", "error.type"),
+    (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92),
+)
+GENAI_SEMCONV: tuple[Instrument, ...] = (GENAI_TOKEN_USAGE, GENAI_OPERATION_DURATION)
+
 # Closed sets of label values: anything else is sanitised to "other" and counted.
 AGENT_STATUSES = ("completed", "failed", "cancelled")
-TOKEN_TYPES = ("input", "output")
+# The types partition a call's tokens, so sum(paid_tokens_total) is every token once: "input" is
+# input neither read from nor written to a prompt cache (all input when the caller gives no split).
+# Reasoning tokens stay in "output": they are part of it and priced as output.
+TOKEN_TYPES = ("input", "output", "cache_read", "cache_write")
 WORKFLOW_STATUSES = ("completed", "failed", "cancelled", "continued_as_new", "timed_out", "terminated")
 ACTIVITY_OUTCOMES = ("completed", "failed", "cancelled")
 EXTERNAL_OUTCOMES = ("success", "error")
@@ -176,6 +199,7 @@ DROP_REASONS = (
     "invalid_value",     # a label outside its closed set (e.g. status): replaced by "other"
     "cardinality_overflow",  # past the instrument's label-set cap: folded into "_overflow"
     "unpriced_model",    # tokens recorded, but genai-prices knows no price: no cost recorded
+    "no_usage",          # a GenAI client span ended without usage (failed call, stream without usage)
     "internal_error",    # a bug in paid-telemetry caught before it reached the caller
     "not_utf8",          # a label with characters UTF-8 cannot encode (lone surrogates): replaced by U+FFFD
     "unrenderable",      # a series the /metrics endpoint could not render (instrument="prometheus_endpoint"): left out
@@ -197,6 +221,21 @@ def render_markdown() -> str:
     for inst in CATALOGUE:
         buckets = ", ".join(f"{b:g}" for b in inst.buckets) if inst.buckets else ""
         labels = ", ".join(f"`{lab}`" for lab in inst.labels)
+        lines.append(
+            f"| `{inst.prometheus_name}` | {inst.kind.value} | {labels} | {buckets} | {inst.description} |"
+        )
+    lines += [
+        "",
+        "Standard GenAI client metrics (OpenTelemetry semantic conventions), emitted from GenAI client"
+        " spans only when the instrumentation that made the span does not emit them itself"
+        " (see [genai.md](genai.md)); labels absent on the span are omitted:",
+        "",
+        "| Prometheus name | type | labels | buckets | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for inst in GENAI_SEMCONV:
+        buckets = ", ".join(f"{b:g}" for b in inst.buckets) if inst.buckets else ""
+        labels = ", ".join(f"`{lab.replace('.', '_')}`" for lab in inst.labels)
         lines.append(
             f"| `{inst.prometheus_name}` | {inst.kind.value} | {labels} | {buckets} | {inst.description} |"
         )

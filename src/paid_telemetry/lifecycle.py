@@ -34,6 +34,7 @@ def configure(
     ``metric_readers``/``span_processors``/``log_processors`` add readers or processors
     (for example OTel's in-memory ones in tests). A forked child gets a set-up of its own from
     the same settings (without these extra readers and processors); see docs/deploying.md.
+    Unless ``genai_spans=False``, LLM usage on GenAI client spans is counted (``paid_telemetry.genai_spans``).
     """
     resolved = resolve(**settings)  # ConfigurationError here: nothing has changed
     telemetry = _start(resolved, metric_readers, span_processors, log_processors)
@@ -58,6 +59,10 @@ def _start(
             log.info("paid-telemetry: disabled (%s); nothing is recorded or exported", resolved.source("disabled"))
             built = providers.noop()
         else:
+            if resolved.genai_spans:  # LLM usage on GenAI client spans becomes tokens and cost
+                from paid_telemetry.genai_spans import GenAISpanProcessor
+
+                span_processors = (GenAISpanProcessor(), *span_processors)
             # Build the new set-up completely before touching the old one: if anything fails,
             # the previous set-up stays active and working.
             built = providers.build(

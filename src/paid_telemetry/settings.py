@@ -105,6 +105,7 @@ class Settings:
     logs: bool = True  # export log records over OTLP when logging is configured
     log_format: Literal["json", "console", "off"] = "off"  # "off": leave the application's logging alone
     log_level: str = "info"
+    genai_spans: bool = True  # count tokens and cost from GenAI client spans (docs/genai.md)
     # Where each non-default value came from (a variable, or the argument's name), for error messages.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -376,6 +377,7 @@ _SPECS: dict[str, tuple[Check, Parse | None, str | None]] = {
     "logs": (_check_bool, _parse_bool, "PAID_TELEMETRY_LOGS"),
     "log_format": (*_choice(("json", "console", "off")), "PAID_TELEMETRY_LOG_FORMAT"),
     "log_level": (*_choice(LOG_LEVELS), "PAID_TELEMETRY_LOG_LEVEL"),
+    "genai_spans": (_check_bool, _parse_bool, "PAID_TELEMETRY_GENAI_SPANS"),
 }
 ENV_VARS: dict[str, str] = {var: name for name, (_, _, var) in _SPECS.items() if var}  # variable -> field
 

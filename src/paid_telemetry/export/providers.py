@@ -381,7 +381,7 @@ def views(cardinality_limit: int) -> list[Any]:
             aggregation_cardinality_limit=limit,
             exemplar_reservoir_factory=_sticky_reservoir_factory if i.buckets else None,
         )
-        for i in cat.CATALOGUE
+        for i in (*cat.CATALOGUE, *cat.GENAI_SEMCONV)
     ]
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -37,10 +38,13 @@ try:
     import temporalio.activity
     import temporalio.client
     import temporalio.exceptions
+    import temporalio.plugin
     import temporalio.runtime
+    import temporalio.service
     import temporalio.worker
     import temporalio.workflow
     from temporalio.contrib.opentelemetry import TracingInterceptor, TracingWorkflowInboundInterceptor
+    from temporalio.worker import WorkflowRunner
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("paid_telemetry.temporal needs temporalio: pip install 'paid-telemetry[temporal]'") from exc
@@ -50,6 +54,7 @@ from paid_telemetry.logs import EXC_SPAN_CONTEXT_ATTR
 
 __all__ = [
     "SANDBOX_PASSTHROUGH",
+    "Plugin",
     "TelemetryInterceptor",
     "sandbox_restrictions",
     "sandbox_runner",
@@ -397,3 +402,55 @@ def _prometheus_runtime(host: str, ports: list[int], tags: dict[str, str],
             log.info("paid-telemetry: Temporal SDK metrics at http://%s:%s/metrics", host, port)
         return rt
     raise AssertionError("unreachable: the last candidate binds or raises")
+
+# -- plugin ---------------------------------------------------------------------------------
+class Plugin(temporalio.plugin.SimplePlugin):
+    """Everything above in one line: ``Client.connect(addr, plugins=[Plugin()])``.
+
+    Registers :class:`TelemetryInterceptor` on the client and on every worker built from it,
+    adds paid-telemetry's modules (plus ``extra_passthrough``) to the passthrough list of the
+    worker's sandboxed workflow runner (whatever restrictions it already has), and, unless
+    ``runtime_metrics=False`` or ``Client.connect(runtime=...)`` was given, connects with a
+    :func:`temporal_runtime` so Temporal's SDK metrics join the pipeline (``mode`` and
+    ``prometheus_bind`` as there: by default the port range of ``PAID_TELEMETRY_TEMPORAL_METRICS_PORT``).
+    The runtime is made once per plugin and reused.
+    """
+
+    def __init__(
+        self,
+        *,
+        runtime_metrics: bool = True,
+        mode: Literal["otlp", "prometheus"] | None = None,
+        prometheus_bind: str | None = None,
+        extra_passthrough: Sequence[str] = (),
+        interceptor: TelemetryInterceptor | None = None,
+    ) -> None:
+        self.interceptor = interceptor or TelemetryInterceptor()
+        passthrough = (*SANDBOX_PASSTHROUGH, *extra_passthrough)
+
+        def workflow_runner(runner: WorkflowRunner | None) -> WorkflowRunner:
+            if runner is None:
+                return SandboxedWorkflowRunner(restrictions=sandbox_restrictions(*extra_passthrough))
+            if isinstance(runner, SandboxedWorkflowRunner):
+                return dataclasses.replace(
+                    runner, restrictions=runner.restrictions.with_passthrough_modules(*passthrough)
+                )
+            return runner  # e.g. UnsandboxedWorkflowRunner: nothing to pass through
+
+        super().__init__("paid_telemetry.Plugin", interceptors=[self.interceptor], workflow_runner=workflow_runner)
+        self._runtime_metrics = runtime_metrics
+        self._mode = mode
+        self._prometheus_bind = prometheus_bind
+        self.runtime: temporalio.runtime.Runtime | None = None
+
+    async def connect_service_client(
+        self,
+        config: temporalio.service.ConnectConfig,
+        next: Callable[[temporalio.service.ConnectConfig], Any],
+    ) -> temporalio.service.ServiceClient:
+        if self._runtime_metrics and config.runtime is None:
+            if self.runtime is None:
+                self.runtime = temporal_runtime(self._mode, prometheus_bind=self._prometheus_bind)
+            config = dataclasses.replace(config, runtime=self.runtime)
+        result: temporalio.service.ServiceClient = await next(config)
+        return result
