@@ -41,7 +41,7 @@ done
 
 # Reinstall when the installed paid_telemetry is not this checkout's (an editable install of
 # another clone would otherwise be tested instead of this one).
-installed_from="$("$PY" -c "import paid_telemetry, temporalio, pytest, hypothesis, uvicorn, os; \
+installed_from="$("$PY" -c "import paid_telemetry, temporalio, pytest, hypothesis, uvicorn, bcrypt, os; \
 print(os.path.realpath(os.path.dirname(paid_telemetry.__file__)))" 2>/dev/null || true)"
 if [ "$installed_from" != "$(realpath "$here/src/paid_telemetry")" ] || [ "${PAID_TELEMETRY_REINSTALL:-0}" = "1" ]; then
   echo "install: pip install -e .[dev]" >&2

@@ -167,18 +167,8 @@ class Stack:
         self.services["collector"] = self.collector_service().start()
 
     def _start_jaeger(self) -> None:
-        wd = self.workdir / "jaeger"
-        env = {
-            "JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{self._port('jaeger_otlp')}",
-            "JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{self._port('jaeger_otlp_http')}",
-            "JAEGER_QUERY_HTTP_ENDPOINT": f"127.0.0.1:{self._port('jaeger_ui')}",
-            "JAEGER_QUERY_GRPC_ENDPOINT": f"127.0.0.1:{self._port('jaeger_query_grpc')}",
-            "JAEGER_HEALTH_ENDPOINT": f"127.0.0.1:{self._port('jaeger_health')}",
-            "JAEGER_METRICS_PORT": str(self._port("jaeger_metrics")),
-        }
-        argv = [built_binary("jaeger"), "--config", str(REPO / "jaeger" / "config.yaml")]
-        ui = f"http://127.0.0.1:{self.ports['jaeger_ui']}/api/services"
-        self.services["jaeger"] = Service("jaeger", argv, wd, ready=lambda: http_ok(ui), env=env).start()
+        svc = jaeger_service(self.workdir, ports={k: self._port(k) for k in _JAEGER_PORTS})
+        self.services["jaeger"] = svc.start()
 
     def _start_temporal(self) -> None:
         svc = temporal_server(self.workdir / "temporal", backlog_interval="5s")
@@ -237,6 +227,74 @@ class Stack:
             "pids": {n: s.proc.pid for n, s in self.services.items() if s.proc is not None},
         }
         (self.workdir / "state.json").write_text(json.dumps(state, indent=2))
+
+
+_JAEGER_PORTS = ("jaeger_otlp", "jaeger_otlp_http", "jaeger_ui", "jaeger_query_grpc", "jaeger_health",
+                 "jaeger_metrics")
+
+
+def jaeger_service(workdir: Path, ports: dict[str, int] | None = None) -> Service:
+    """Jaeger (jaeger/config.yaml) on loopback; ``ports`` (names in _JAEGER_PORTS) default to free ones."""
+    p = dict(ports or {k: free_port() for k in _JAEGER_PORTS})
+    env = {
+        "JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{p['jaeger_otlp']}",
+        "JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{p['jaeger_otlp_http']}",
+        "JAEGER_QUERY_HTTP_ENDPOINT": f"127.0.0.1:{p['jaeger_ui']}",
+        "JAEGER_QUERY_GRPC_ENDPOINT": f"127.0.0.1:{p['jaeger_query_grpc']}",
+        "JAEGER_HEALTH_ENDPOINT": f"127.0.0.1:{p['jaeger_health']}",
+        "JAEGER_METRICS_PORT": str(p["jaeger_metrics"]),
+    }
+    argv = [built_binary("jaeger"), "--config", str(REPO / "jaeger" / "config.yaml")]
+    ui = f"http://127.0.0.1:{p['jaeger_ui']}/api/services"
+    return Service("jaeger", argv, workdir / "jaeger", ready=lambda: http_ok(ui), env=env, ports=p)
+
+
+# -- the two collector tiers (docs/scaling.md) ---------------------------------------------
+
+
+def gateway_service(workdir: Path, *, token_file: Path, cert_file: Path, key_file: Path,
+                    jaeger_otlp: str, name: str = "gateway") -> Service:
+    """A gateway-tier collector (otel-collector/gateway.yaml): OTLP over TLS with a bearer token,
+    out to a Prometheus exporter endpoint and Jaeger. Not started; free loopback ports in ``.ports``."""
+    ports = {k: free_port() for k in ("otlp_grpc", "otlp_http", "prometheus", "health", "self")}
+    env = {
+        "OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['otlp_grpc']}",
+        "OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['otlp_http']}",
+        "PROMETHEUS_EXPORTER_ENDPOINT": f"127.0.0.1:{ports['prometheus']}",
+        "HEALTH_CHECK_ENDPOINT": f"127.0.0.1:{ports['health']}",
+        "COLLECTOR_METRICS_HOST": "127.0.0.1",
+        "COLLECTOR_METRICS_PORT": str(ports["self"]),
+        "JAEGER_OTLP_ENDPOINT": jaeger_otlp,
+        "COLLECTOR_LOGS_FILE": str(workdir / name / "logs.jsonl"),
+        "OTLP_TOKEN_FILE": str(token_file),
+        "TLS_CERT_FILE": str(cert_file),
+        "TLS_KEY_FILE": str(key_file),
+    }
+    argv = [built_binary("otelcol-paid"), "--config", str(REPO / "otel-collector" / "gateway.yaml")]
+    health = f"http://127.0.0.1:{ports['health']}/"
+    return Service(name, argv, workdir / name, ready=lambda: http_ok(health), env=env, ports=ports)
+
+
+def agent_service(workdir: Path, *, gateways: list[str], token_file: Path, ca_file: Path,
+                  name: str = "agent", queue_size: int = 5000) -> Service:
+    """An agent-tier collector (otel-collector/agent.yaml): OTLP in on loopback, persistent queue
+    under its own directory, out to ``gateways`` (host:port) over TLS. Not started."""
+    ports = {k: free_port() for k in ("otlp_grpc", "otlp_http", "health", "self")}
+    env = {
+        "OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['otlp_grpc']}",
+        "OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['otlp_http']}",
+        "HEALTH_CHECK_ENDPOINT": f"127.0.0.1:{ports['health']}",
+        "COLLECTOR_METRICS_HOST": "127.0.0.1",
+        "COLLECTOR_METRICS_PORT": str(ports["self"]),
+        "AGENT_QUEUE_DIR": str(workdir / name / "queue"),
+        "AGENT_QUEUE_SIZE": str(queue_size),
+        "GATEWAY_ENDPOINTS": "[" + ", ".join(gateways) + "]",
+        "GATEWAY_TOKEN_FILE": str(token_file),
+        "GATEWAY_CA_FILE": str(ca_file),
+    }
+    argv = [built_binary("otelcol-paid"), "--config", str(REPO / "otel-collector" / "agent.yaml")]
+    health = f"http://127.0.0.1:{ports['health']}/"
+    return Service(name, argv, workdir / name, ready=lambda: http_ok(health), env=env, ports=ports)
 
 
 def state_file(workdir: Path) -> Path:
