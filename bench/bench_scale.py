@@ -1,6 +1,8 @@
-"""Sizing figures for docs/scaling.md: what one collector core sustains in each tier.
+"""Sizing figures for docs/scaling.md: what one collector core sustains in each tier, and the
+metrics store's ingest rate and query time at N x today's series.
 
-    python bench/bench_scale.py [--seconds 15] [--series 5000] [--inflight 2]
+    python bench/bench_scale.py collectors [--seconds 15] [--series 5000] [--inflight 2]
+    python bench/bench_scale.py store [--copies 10] [--interval 30]
 
 - gateway: otel-collector/gateway.yaml (TLS + bearer token, Prometheus exporter) pinned to ONE
   core with taskset; the load generator (pinned to the other core) replays one pre-serialised
@@ -9,6 +11,11 @@
 - agent: otel-collector/agent.yaml (persistent queue, load_balancing to two gateways) pinned
   to one core, the gateways on the other; same load. Figure: points per second the agent
   *sent* on (otelcol_exporter_sent_metric_points), i.e. through its on-disk queue.
+
+- store: the dashboards' demo-like week of history (bench_dashboards.py's, ~750 series)
+  imported ``--copies`` times into VictoriaMetrics, each copy with its own ``copy`` label
+  (N x the series); figures: samples/s imported, and every Grafana panel query over 24h and
+  7d timed as Grafana sends it (median, slowest).
 
 Loopback only; certificates and token are generated into a temporary directory.
 """
@@ -32,8 +39,9 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from paid_telemetry import dashbench
 from paid_telemetry.services import Service
-from paid_telemetry.stack import agent_service, gateway_service
+from paid_telemetry.stack import agent_service, gateway_service, victoriametrics_service
 from tests.tlsutil import make_pki, secret_file
 
 METRICS = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
@@ -118,12 +126,46 @@ def parallel(ch: grpc.Channel, bodies: list[bytes], seconds: float, inflight: in
         t.join()
 
 
+def store(copies: int, interval_s: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        wd = Path(tmp)
+        t0 = time.perf_counter()
+        hist = dashbench.write_openmetrics(wd / "om", days=7, interval_s=interval_s)
+        print(f"history: {hist.series} series x {hist.samples // hist.series} samples "
+              f"({hist.bytes / 1e6:.0f} MB OpenMetrics) written in {time.perf_counter() - t0:.0f} s", flush=True)
+        vm = victoriametrics_service(wd, fresh=True)
+        vm.start(60)
+        try:
+            url = f"http://127.0.0.1:{vm.ports['http']}"
+            took = sum(dashbench.import_victoriametrics(url, hist.files, f"copy={i}") for i in range(copies))
+            count = dashbench.instant(url, 'count({__name__=~".+"})', at=hist.end)[0]["value"][1]
+            du = sum(p.stat().st_size for p in (wd / "victoriametrics").rglob("*") if p.is_file())
+            print(f"store: {copies} x {hist.samples:,} samples ({count} series) imported in {took:.0f} s = "
+                  f"{copies * hist.samples / took:,.0f} samples/s; {du / 1e6:.0f} MB on disk", flush=True)
+            queries = dashbench.panel_queries()
+            for repeat in range(2):  # the second round shows the warm figure
+                timings = dashbench.time_range_queries(url, queries, {"24h": 86400, "7d": 7 * 86400}, end=hist.end)
+                secs = sorted(t.seconds for t in timings)
+                worst = max(timings, key=lambda t: t.seconds)
+                print(f"queries ({'cold' if repeat == 0 else 'warm'}): {len(timings)}, median "
+                      f"{secs[len(secs) // 2] * 1000:.0f} ms, p95 {secs[int(len(secs) * 0.95)] * 1000:.0f} ms, "
+                      f"slowest {worst.seconds * 1000:.0f} ms ({worst.query.key} [{worst.range_name}])", flush=True)
+        finally:
+            vm.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["collectors", "store"])
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--series", type=int, default=5000)
     ap.add_argument("--inflight", type=int, default=2, help="concurrent calls per resource (4 resources)")
+    ap.add_argument("--copies", type=int, default=10, help="store: N x today's series")
+    ap.add_argument("--interval", type=int, default=30, help="store: seconds between samples of the history")
     a = ap.parse_args()
+    if a.what == "store":
+        store(a.copies, a.interval)
+        return
     os.sched_setaffinity(0, {1})  # the load generator stays off the measured core 0
     bodies = [metrics_request(a.series, f"bench-{i}") for i in range(4)]  # 4 resources: both gateways get some
     big = [("grpc.max_send_message_length", 64 << 20)]

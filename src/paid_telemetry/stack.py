@@ -77,6 +77,9 @@ class Stack:
     jaeger: bool = True
     alertmanager: bool = True
     node_exporter: bool = False
+    # VictoriaMetrics as the long-term store, fed by Prometheus' remote_write (docs/scaling.md)
+    victoriametrics: bool = False
+    retention: str = "15d"
     scrape_interval: str = "2s"
     evaluation_interval: str = "2s"
     ports: dict[str, int] = field(default_factory=dict)
@@ -98,6 +101,11 @@ class Stack:
     @property
     def alertmanager_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['alertmanager']}"
+
+    @property
+    def store_url(self) -> str:
+        """VictoriaMetrics' Prometheus-compatible API (``victoriametrics=True``)."""
+        return f"http://127.0.0.1:{self.ports['victoriametrics']}"
 
     @property
     def collector_metrics_url(self) -> str:
@@ -124,6 +132,8 @@ class Stack:
                 self._start_alertmanager()
             if self.node_exporter:
                 self._start_node_exporter()
+            if self.victoriametrics:
+                self._start_victoriametrics()
             self._start_prometheus()
         except BaseException:
             self.down()
@@ -197,12 +207,19 @@ class Stack:
             "node_exporter", argv, self.workdir / "node_exporter", ready=lambda: http_ok(url)
         ).start()
 
+    def _start_victoriametrics(self) -> None:
+        svc = victoriametrics_service(self.workdir, retention=self.retention)
+        self.ports["victoriametrics"] = svc.ports["http"]
+        self.services["victoriametrics"] = svc.start()
+
     def prometheus_service(self) -> Service:
         wd = self.workdir / "prometheus"
         wd.mkdir(parents=True, exist_ok=True)
         port = self._port("prometheus")
         cfg = prometheus_config(self.ports, REPO / "prometheus" / "rules",
                                 scrape_interval=self.scrape_interval, evaluation_interval=self.evaluation_interval)
+        if "victoriametrics" in self.ports:
+            cfg["remote_write"] = [{"url": f"{self.store_url}/api/v1/write"}]
         (wd / "prometheus.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         argv = [
             find_binary("prometheus"),
@@ -211,7 +228,7 @@ class Stack:
             f"--web.listen-address=127.0.0.1:{port}",
             "--enable-feature=exemplar-storage",
             "--web.enable-lifecycle",
-            "--storage.tsdb.retention.time=15d",
+            f"--storage.tsdb.retention.time={self.retention}",
         ]
         ready = f"http://127.0.0.1:{port}/-/ready"
         return Service("prometheus", argv, wd, ready=lambda: http_ok(ready))
@@ -295,6 +312,23 @@ def agent_service(workdir: Path, *, gateways: list[str], token_file: Path, ca_fi
     argv = [built_binary("otelcol-paid"), "--config", str(REPO / "otel-collector" / "agent.yaml")]
     health = f"http://127.0.0.1:{ports['health']}/"
     return Service(name, argv, workdir / name, ready=lambda: http_ok(health), env=env, ports=ports)
+
+
+def victoriametrics_service(workdir: Path, *, retention: str = "15d", fresh: bool = False,
+                            name: str = "victoriametrics") -> Service:
+    """VictoriaMetrics (single node) on a free loopback port: the long-term metrics store behind
+    Prometheus' query API, fed by Prometheus' ``remote_write`` to ``<url>/api/v1/write``
+    (docs/scaling.md). Retention is RDR-011's 15 days unless told. ``fresh`` makes the newest
+    samples queryable at once (no 30 s latency offset, no result cache): for tests."""
+    port = free_port()
+    argv = [
+        built_binary("victoria-metrics"), f"-httpListenAddr=127.0.0.1:{port}",
+        f"-storageDataPath={workdir / name / 'data'}", f"-retentionPeriod={retention}", "-loggerLevel=WARN",
+    ]
+    if fresh:
+        argv += ["-search.latencyOffset=0s", "-search.disableCache"]
+    url = f"http://127.0.0.1:{port}"
+    return Service(name, argv, workdir / name, ready=lambda: http_ok(f"{url}/health"), ports={"http": port})
 
 
 def state_file(workdir: Path) -> Path:
