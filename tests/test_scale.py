@@ -4,7 +4,7 @@ Prometheus and Jaeger, all on loopback.
 
 One gateway is SIGKILLed mid-load and restarted after an outage: the agents hold what they could
 not send in their file_storage queue, and afterwards Prometheus shows the exact counter totals and
-Jaeger every span the SDKs finished (spans lost = 0). Bounded: 4 processes x 150 runs over 40 s,
+Jaeger every span the SDKs finished (spans lost = 0). Bounded: 8 processes x 75 runs over 40 s,
 one 30 s gateway outage.
 """
 
@@ -33,8 +33,8 @@ from tests.tlsutil import make_pki, secret_file
 
 pytestmark = pytest.mark.e2e
 
-N_WORKERS = 4
-RUNS = 150  # per worker
+N_WORKERS = 8
+RUNS = 75  # per worker
 LOAD_S = 40.0  # each worker spreads its runs over this long: the load outlasts the outage
 KILL_AFTER_S = 6.0
 OUTAGE_S = 30.0

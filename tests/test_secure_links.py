@@ -121,6 +121,34 @@ def test_otlp_http_needs_the_token_and_the_right_ca(gateway: Gateway, pki: Pki, 
     assert plain.status_code == 400  # Go's TLS listener: "Client sent an HTTP request to an HTTPS server"
 
 
+def refusals(gw: Gateway) -> tuple[float, float]:
+    """(gRPC calls answered UNAUTHENTICATED, HTTP requests answered 401) in the gateway's own metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.svc.ports['self']}/metrics", timeout=5) as resp:
+        lines = resp.read().decode().splitlines()
+    grpc_n = sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("rpc_server_call_duration_count{")
+                 and 'rpc_response_status_code="UNAUTHENTICATED"' in line)
+    http_n = sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(
+        "http_server_request_duration_count{") and 'http_response_status_code="401"' in line)
+    return grpc_n, http_n
+
+
+def test_refused_requests_are_counted(gateway: Gateway, pki: Pki) -> None:
+    before = refusals(gateway)
+    for token in (None, "not-the-token", None):
+        assert grpc_export(gateway.svc.ports["otlp_grpc"], pki.ca_cert, token) == grpc.StatusCode.UNAUTHENTICATED
+    url = f"https://127.0.0.1:{gateway.svc.ports['otlp_http']}/v1/metrics"
+    with httpx.Client(verify=ssl.create_default_context(cafile=pki.ca_cert), timeout=5) as client:
+        for _ in range(2):
+            assert client.post(url, content=b"", headers={"Content-Type": "application/x-protobuf"}).status_code == 401
+    def counted() -> tuple[float, float]:
+        after = refusals(gateway)
+        return after[0] - before[0], after[1] - before[1]
+
+    # recorded as each request ends (the HTTP one just after its response): wait for exactly these
+    wait_for(lambda: counted() == (3, 2) or None, timeout=10, what="3 gRPC + 2 HTTP refusals counted")
+    assert counted() == (3, 2)
+
+
 def run_worker(tmp: Path, project: str, runs: int, env: dict[str, str]) -> dict[str, Any]:
     out = tmp / f"{project}.json"
     proc = subprocess.run(
