@@ -181,8 +181,8 @@ def main() -> None:
             # metrics only: a closed port stands in for Jaeger
             svc = pin(gateway_service(wd, token_file=token_file, cert_file=pki.cert, key_file=pki.key,
                                       jaeger_otlp="127.0.0.1:9", name=name), core)
-            started.append(svc.start())
-            return svc
+            started.append(svc)
+            return svc.start()
 
         try:
             solo = gateway("gw-solo", 0)
@@ -198,7 +198,8 @@ def main() -> None:
             gws = [gateway(f"gw{i}", 1) for i in range(2)]
             agent = pin(agent_service(wd, gateways=[f"127.0.0.1:{g.ports['otlp_grpc']}" for g in gws],
                                       token_file=token_file, ca_file=pki.ca_cert, name="agent"), 0)
-            started.append(agent.start())
+            started.append(agent)
+            agent.start()
             with grpc.insecure_channel(f"127.0.0.1:{agent.ports['otlp_grpc']}", options=big) as ch:
                 ag_rate, ag_cpu = rate(agent, "otelcol_exporter_sent_metric_points",
                                lambda: parallel(ch, bodies, a.seconds, a.inflight, None))

@@ -130,7 +130,8 @@ def test_endpoint_with_basic_auth_and_tls_scraped_by_prometheus(tmp_path: Any) -
             "job_name": "secured", "scheme": "https", "tls_config": {"ca_file": str(pki.ca_cert)},
             "basic_auth": {"username": "prometheus", "password_file": str(password_file)},
             "static_configs": [{"targets": [target]}]}]})
-        prom = dashbench.prometheus(tmp_path / "prometheus", config).start(60)
+        prom = dashbench.prometheus(tmp_path / "prometheus", config)
+        prom.start(60)
         prom_url = f"http://127.0.0.1:{prom.ports['http']}"
         runs = wait_for(lambda: query(prom_url, 'paid_agent_runs_total{job="secured"}') or None, timeout=30,
                         what="Prometheus scraping the secured endpoint")

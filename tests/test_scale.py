@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,22 @@ def self_metrics(svc: Service) -> dict[str, float]:
     return out
 
 
+def start(make: Callable[[], Service], started: list[Service], attempts: int = 3) -> Service:
+    """Build and start a service on fresh free ports, again if another process on this shared
+    machine took one of them between choosing and binding ("address already in use")."""
+    for attempt in range(attempts):
+        svc = make()
+        started.append(svc)  # listed before start: a start that fails half-way is stopped too
+        try:
+            return svc.start()
+        except RuntimeError as exc:
+            svc.stop()
+            started.remove(svc)
+            if "address already in use" not in str(exc) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
     want = [f'{k}="{v}"' for k, v in labels.items()]
     return sum(v for k, v in samples.items()
@@ -124,19 +140,15 @@ def tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiers]:
     _, token_file = secret_file(wd / "otlp.token")
     started: list[Service] = []
     try:
-        jaeger = jaeger_service(wd).start()
-        started.append(jaeger)
-        gateways = [gateway_service(wd, token_file=token_file, cert_file=pki.cert, key_file=pki.key,
-                                    jaeger_otlp=f"127.0.0.1:{jaeger.ports['jaeger_otlp']}", name=f"gateway-{i}")
-                    for i in range(2)]
-        for gw in gateways:
-            started.append(gw.start())
+        jaeger = start(lambda: jaeger_service(wd), started)
+        jaeger_otlp = f"127.0.0.1:{jaeger.ports['jaeger_otlp']}"
+        gateways = [start(lambda i=i: gateway_service(wd, token_file=token_file, cert_file=pki.cert,
+                                                      key_file=pki.key, jaeger_otlp=jaeger_otlp, name=f"gateway-{i}"),
+                          started) for i in range(2)]
         endpoints = [f"127.0.0.1:{gw.ports['otlp_grpc']}" for gw in gateways]
-        agents = [agent_service(wd, gateways=endpoints, token_file=token_file, ca_file=pki.ca_cert, name=f"agent-{i}")
+        agents = [start(lambda i=i: agent_service(wd, gateways=endpoints, token_file=token_file,
+                                                  ca_file=pki.ca_cert, name=f"agent-{i}"), started)
                   for i in range(2)]
-        for agent in agents:
-            started.append(agent.start())
-        prom_port = free_port()
         prom_dir = wd / "prometheus"
         prom_dir.mkdir()
         (prom_dir / "prometheus.yml").write_text(yaml.safe_dump({
@@ -144,11 +156,16 @@ def tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiers]:
             "scrape_configs": [{"job_name": "otel-collector", "honor_labels": True, "static_configs": [
                 {"targets": [f"127.0.0.1:{gw.ports['prometheus']}" for gw in gateways]}]}],
         }))
-        prom = Service("prometheus", [
-            find_binary("prometheus"), f"--config.file={prom_dir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={prom_dir / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
-        ], prom_dir, ready=lambda: http_ok(f"http://127.0.0.1:{prom_port}/-/ready"))
-        started.append(prom.start())
+
+        def prometheus() -> Service:
+            port = free_port()
+            return Service("prometheus", [
+                find_binary("prometheus"), f"--config.file={prom_dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={prom_dir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+            ], prom_dir, ready=lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"), ports={"http": port})
+
+        prom = start(prometheus, started)
+        prom_port = prom.ports["http"]
         yield Tiers(wd, gateways, agents, jaeger, f"http://127.0.0.1:{prom_port}")
     finally:
         for svc in reversed(started):
@@ -243,14 +260,13 @@ def test_queue_overflow_is_counted_exactly(tmp_path: Path) -> None:
     _, token_file = secret_file(tmp_path / "otlp.token")
     started: list[Service] = []
     try:
-        jaeger = jaeger_service(tmp_path).start()
-        started.append(jaeger)
+        jaeger = start(lambda: jaeger_service(tmp_path), started)
         gateways = [gateway_service(tmp_path, token_file=token_file, cert_file=pki.cert, key_file=pki.key,
                                     jaeger_otlp=f"127.0.0.1:{jaeger.ports['jaeger_otlp']}", name=f"gw-{i}")
                     for i in range(2)]  # not started yet: every gateway is down
-        agent = agent_service(tmp_path, gateways=[f"127.0.0.1:{g.ports['otlp_grpc']}" for g in gateways],
-                              token_file=token_file, ca_file=pki.ca_cert, name="agent", queue_size=2)
-        started.append(agent.start())
+        agent = start(lambda: agent_service(tmp_path, gateways=[f"127.0.0.1:{g.ports['otlp_grpc']}" for g in gateways],
+                                            token_file=token_file, ca_file=pki.ca_cert, name="agent", queue_size=2),
+                      started)
         out = tmp_path / "w.json"
         # spans leave the SDK every 200 ms, so the agent forms about one batch (= queue entry) per second
         env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{agent.ports['otlp_grpc']}",
@@ -265,7 +281,8 @@ def test_queue_overflow_is_counted_exactly(tmp_path: Path) -> None:
 
         wait_for(lambda: enqueue_failed() or None, timeout=10, what="spans refused by the full queue")
         for gw in gateways:
-            started.append(gw.start())
+            started.append(gw)
+            gw.start()
 
         def stored() -> tuple[set[str], float] | None:
             url = f"http://127.0.0.1:{jaeger.ports['jaeger_ui']}/api/traces?service=paid-scale&limit=1000&lookback=1h"

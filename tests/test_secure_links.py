@@ -63,16 +63,15 @@ class Gateway:
 def gateway(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Gateway]:
     wd = tmp_path_factory.mktemp("gateway")
     token, token_file = secret_file(wd / "otlp.token")
-    jaeger = jaeger_service(wd).start()
-    try:
-        gw = gateway_service(wd, token_file=token_file, cert_file=pki.cert, key_file=pki.key,
-                             jaeger_otlp=f"127.0.0.1:{jaeger.ports['jaeger_otlp']}")
+    jaeger = jaeger_service(wd)
+    gw = gateway_service(wd, token_file=token_file, cert_file=pki.cert, key_file=pki.key,
+                         jaeger_otlp=f"127.0.0.1:{jaeger.ports['jaeger_otlp']}")
+    try:  # stop() is safe on a service that never started or failed to become ready
+        jaeger.start()
         gw.start()
-        try:
-            yield Gateway(gw, token, jaeger)
-        finally:
-            gw.stop()
+        yield Gateway(gw, token, jaeger)
     finally:
+        gw.stop()
         jaeger.stop()
 
 
@@ -298,14 +297,12 @@ def monitoring(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[S
         # the first notification goes out before the Alertmanager is discovered; resend soon, not in 1 min
         "--rules.alert.resend-delay=1s",
     ], prom_dir, ready=lambda: https_ready(f"https://127.0.0.1:{prom_port}/-/ready", pki.ca_cert, prom_auth))
-    am.start()
     try:
+        am.start()
         prom.start()
-        try:
-            yield SecureMonitoring(f"https://127.0.0.1:{prom_port}", f"https://127.0.0.1:{am_port}", prom_auth, am_auth)
-        finally:
-            prom.stop()
+        yield SecureMonitoring(f"https://127.0.0.1:{prom_port}", f"https://127.0.0.1:{am_port}", prom_auth, am_auth)
     finally:
+        prom.stop()
         am.stop()
 
 

@@ -246,13 +246,30 @@ class Stack:
         (self.workdir / "state.json").write_text(json.dumps(state, indent=2))
 
 
+def free_ports(names: tuple[str, ...]) -> dict[str, int]:
+    """Distinct free loopback ports, one per name: all sockets stay bound until every port is
+    chosen (one free_port() after another may hand out the same port twice)."""
+    import socket
+
+    socks = []
+    try:
+        for _ in names:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return {name: int(sock.getsockname()[1]) for name, sock in zip(names, socks, strict=True)}
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 _JAEGER_PORTS = ("jaeger_otlp", "jaeger_otlp_http", "jaeger_ui", "jaeger_query_grpc", "jaeger_health",
                  "jaeger_metrics")
 
 
 def jaeger_service(workdir: Path, ports: dict[str, int] | None = None) -> Service:
     """Jaeger (jaeger/config.yaml) on loopback; ``ports`` (names in _JAEGER_PORTS) default to free ones."""
-    p = dict(ports or {k: free_port() for k in _JAEGER_PORTS})
+    p = dict(ports or free_ports(_JAEGER_PORTS))
     env = {
         "JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{p['jaeger_otlp']}",
         "JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{p['jaeger_otlp_http']}",
@@ -273,7 +290,7 @@ def gateway_service(workdir: Path, *, token_file: Path, cert_file: Path, key_fil
                     jaeger_otlp: str, name: str = "gateway") -> Service:
     """A gateway-tier collector (otel-collector/gateway.yaml): OTLP over TLS with a bearer token,
     out to a Prometheus exporter endpoint and Jaeger. Not started; free loopback ports in ``.ports``."""
-    ports = {k: free_port() for k in ("otlp_grpc", "otlp_http", "prometheus", "health", "self")}
+    ports = free_ports(("otlp_grpc", "otlp_http", "prometheus", "health", "self"))
     env = {
         "OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['otlp_grpc']}",
         "OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['otlp_http']}",
@@ -296,7 +313,7 @@ def agent_service(workdir: Path, *, gateways: list[str], token_file: Path, ca_fi
                   name: str = "agent", queue_size: int = 5000) -> Service:
     """An agent-tier collector (otel-collector/agent.yaml): OTLP in on loopback, persistent queue
     under its own directory, out to ``gateways`` (host:port) over TLS. Not started."""
-    ports = {k: free_port() for k in ("otlp_grpc", "otlp_http", "health", "self")}
+    ports = free_ports(("otlp_grpc", "otlp_http", "health", "self"))
     env = {
         "OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['otlp_grpc']}",
         "OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['otlp_http']}",
