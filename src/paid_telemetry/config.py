@@ -31,12 +31,6 @@ class Settings:
     otlp_protocol: Literal["grpc", "http/protobuf"] = "grpc"
     prometheus_host: str = "127.0.0.1"
     prometheus_port: int = 9464
-    # Optional basic auth and TLS for the embedded endpoint (docs/scaling.md): the password and
-    # the key are files, never values.
-    prometheus_username: str = ""
-    prometheus_password_file: str = ""
-    prometheus_tls_cert_file: str = ""
-    prometheus_tls_key_file: str = ""
     metric_export_interval_ms: int = 10_000
     export_timeout_s: float = 5.0
     shutdown_timeout_s: float = 5.0
@@ -97,10 +91,6 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "PAID_TELEMETRY_SERVICE_VERSION": ("service_version", str),
         "PAID_TELEMETRY_PROMETHEUS_HOST": ("prometheus_host", str),
         "PAID_TELEMETRY_PROMETHEUS_PORT": ("prometheus_port", int),
-        "PAID_TELEMETRY_PROMETHEUS_USERNAME": ("prometheus_username", str),
-        "PAID_TELEMETRY_PROMETHEUS_PASSWORD_FILE": ("prometheus_password_file", str),
-        "PAID_TELEMETRY_PROMETHEUS_TLS_CERT_FILE": ("prometheus_tls_cert_file", str),
-        "PAID_TELEMETRY_PROMETHEUS_TLS_KEY_FILE": ("prometheus_tls_key_file", str),
         "PAID_TELEMETRY_EXPORT_TIMEOUT": ("export_timeout_s", float),
         "PAID_TELEMETRY_SHUTDOWN_TIMEOUT": ("shutdown_timeout_s", float),
         "PAID_TELEMETRY_STRICT": ("strict", _bool),
@@ -132,10 +122,6 @@ def resolve(env: Mapping[str, str] | None = None, **kwargs: Any) -> Settings:
         raise ValueError(f"exporter must be one of {EXPORTERS}, not {merged['exporter']!r}")
     if merged.get("otlp_protocol", "grpc") not in ("grpc", "http/protobuf"):
         raise ValueError("otlp_protocol must be 'grpc' or 'http/protobuf'")
-    if bool(merged.get("prometheus_username")) != bool(merged.get("prometheus_password_file")):
-        raise ValueError("prometheus_username and prometheus_password_file go together")
-    if bool(merged.get("prometheus_tls_cert_file")) != bool(merged.get("prometheus_tls_key_file")):
-        raise ValueError("prometheus_tls_cert_file and prometheus_tls_key_file go together")
     if merged.get("log_format", "off") not in ("json", "console", "off"):
         raise ValueError("log_format must be 'json', 'console' or 'off'")
     return Settings(**merged)

@@ -14,17 +14,11 @@ and the stock exporter's translation triples that, far from RDR-011's 50 ms targ
 
 from __future__ import annotations
 
-import base64
-import hmac
-import logging
 import math
 import re
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -47,7 +41,6 @@ from opentelemetry.sdk.metrics.export import Histogram as HistogramData
 
 from paid_telemetry.catalogue import BY_NAME
 
-log = logging.getLogger("paid_telemetry")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _UNITS = {"s": "seconds", "ms": "milliseconds", "By": "bytes", "%": "percent"}
 _BAD = re.compile(r"[^a-zA-Z0-9_:]")
@@ -207,47 +200,14 @@ class EmbeddedPrometheusReader(MetricReader):
         self._stop.set()
 
 
-@dataclass
-class Access:
-    """Optional basic auth for the endpoint (docs/scaling.md): the password is read from a file,
-    compared in constant time; refused scrapes are counted and exposed to authorised ones."""
-
-    username: str = ""
-    password: bytes = b""
-    refused: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.username)
-
-    def allows(self, header: str | None) -> bool:
-        expected = base64.b64encode(self.username.encode() + b":" + self.password).decode()
-        ok = header is not None and hmac.compare_digest(header.encode(), f"Basic {expected}".encode())
-        if not ok:
-            with self._lock:
-                self.refused += 1
-        return ok
-
-
 class _Handler(BaseHTTPRequestHandler):
     reader: EmbeddedPrometheusReader
-    access: Access
 
     def do_GET(self) -> None:
-        if self.access.enabled and not self.access.allows(self.headers.get("Authorization")):
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="paid-telemetry"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
         if self.path.split("?")[0] not in ("/metrics", "/"):
             self.send_error(404)
             return
         body = self.reader.body()
-        if self.access.enabled:
-            body += (b"# TYPE paid_telemetry_refused_scrapes_total counter\n"
-                     b"paid_telemetry_refused_scrapes_total %d\n" % self.access.refused)
         self.send_response(200)
         self.send_header("Content-Type", CONTENT_TYPE)
         self.send_header("Content-Length", str(len(body)))
@@ -258,33 +218,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class _TLSServer(ThreadingHTTPServer):
-    """TLS with the handshake in the request's own thread, so one slow client cannot hold up accept()."""
-
-    tls: ssl.SSLContext
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = self.socket.accept()
-        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("paid-telemetry: /metrics request from %s failed", client_address, exc_info=True)
-
-
-def serve(reader: EmbeddedPrometheusReader, host: str, port: int, *, access: Access | None = None,
-          cert_file: str = "", key_file: str = "") -> ThreadingHTTPServer:
-    """Serve ``reader`` at http(s)://host:port/metrics from a daemon thread; HTTPS when a
-    certificate and key are given, basic auth when ``access`` has a user."""
-    attrs: dict[str, Any] = {"reader": reader, "access": access or Access()}
-    handler = type("PaidMetricsHandler", (_Handler,), attrs)
-    server: ThreadingHTTPServer
-    if cert_file:
-        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        tls.minimum_version = ssl.TLSVersion.TLSv1_2
-        tls.load_cert_chain(cert_file, key_file)
-        server = type("PaidMetricsTLSServer", (_TLSServer,), {"tls": tls})((host, port), handler)
-    else:
-        server = ThreadingHTTPServer((host, port), handler)
+def serve(reader: EmbeddedPrometheusReader, host: str, port: int) -> ThreadingHTTPServer:
+    """Serve ``reader`` at http://host:port/metrics from a daemon thread."""
+    handler = type("PaidMetricsHandler", (_Handler,), {"reader": reader})
+    server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="paid-telemetry-http", daemon=True).start()
     return server

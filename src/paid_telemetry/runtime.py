@@ -51,7 +51,6 @@ class Telemetry:
         self.owns_providers = False
         self.prometheus_url: str | None = None
         self.prometheus_reader: Any = None
-        self.prometheus_access: Any = None  # exposition.Access: basic auth and its refusal count
         self._http_server: Any = None
         self._shutdown_done = False
         self.meter_provider: Any = None
@@ -232,21 +231,14 @@ class Telemetry:
         return lp
 
     def _start_prometheus(self) -> Any:
-        from paid_telemetry.exposition import Access, EmbeddedPrometheusReader, serve
+        from paid_telemetry.exposition import EmbeddedPrometheusReader, serve
 
         s = self.settings
-        access = Access()
-        if s.prometheus_username:
-            with open(s.prometheus_password_file, "rb") as f:
-                access = Access(s.prometheus_username, f.read().rstrip(b"\r\n"))
         reader = self.prometheus_reader = EmbeddedPrometheusReader()
-        server = serve(reader, s.prometheus_host, s.prometheus_port, access=access,
-                       cert_file=s.prometheus_tls_cert_file, key_file=s.prometheus_tls_key_file)
+        server = serve(reader, s.prometheus_host, s.prometheus_port)
         self._http_server = server
-        self.prometheus_access = access
         host, port = server.server_address[:2]
-        scheme = "https" if s.prometheus_tls_cert_file else "http"
-        self.prometheus_url = f"{scheme}://{host!s}:{port}/metrics"
+        self.prometheus_url = f"http://{host!s}:{port}/metrics"
         log.debug("paid-telemetry: metrics at %s", self.prometheus_url)
         return reader
 
