@@ -1,5 +1,7 @@
 """Every dashboard query against a real Prometheus: no errors, data where the SDK feeds it,
-and each answers within the record's 2 seconds over a backfilled week of history.
+and each answers within the record's 2 seconds over a backfilled week of history. The same
+live queries also run against VictoriaMetrics, the scalable store Prometheus remote-writes to
+(docs/scaling.md): dashboards work unchanged on either.
 
 Real services, all on 127.0.0.1: Prometheus (1 s scrapes), the SDK's embedded /metrics
 endpoint, prometheus-node-exporter, our collector build (its own telemetry, and the Temporal
@@ -43,6 +45,7 @@ from paid_telemetry_ops.services import (
     tcp_ok,
     temporal_server,
 )
+from paid_telemetry_ops.stack import victoriametrics_service
 
 pytestmark = pytest.mark.e2e
 
@@ -240,6 +243,13 @@ class FeedCollector:
 class Live:
     url: str
     services: list[Service]
+    store: str  # VictoriaMetrics, fed by Prometheus' remote_write
+
+    def base(self, backend: str) -> str:
+        return self.url if backend == "prometheus" else self.store
+
+
+BACKENDS = ("prometheus", "victoriametrics")
 
 
 @pytest.fixture(scope="module")
@@ -278,9 +288,15 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         services.append(pg_exporter.start(30))
         driver = TemporalDriver(f"127.0.0.1:{temporal.ports['grpc']}", cports["otlp_http"])
         driver.thread.start()
+        vm = victoriametrics_service(work, fresh=True)
+        services.append(vm.start(60))
+        store = f"http://127.0.0.1:{vm.ports['http']}"
         dead_target = free_port()
         config = f"""
 global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+remote_write:
+  - url: {store}/api/v1/write
+    queue_config: {{batch_send_deadline: 1s}}
 scrape_configs:
   - job_name: paid
     static_configs: [{{targets: ['{sdk_target}']}}]
@@ -329,14 +345,15 @@ groups:
         while time.monotonic() < deadline:
             if driver.error is not None:
                 raise driver.error
-            if all(bench.has_finite_value(bench.instant(url, e)) for e in ready_exprs):
+            if all(bench.has_finite_value(bench.instant(u, e)) for e in ready_exprs for u in (url, store)):
                 break
             time.sleep(1)
         else:
-            pytest.fail(f"Prometheus never saw the workload ({driver.rounds} Temporal rounds):\n" + "\n".join(
-                f"{e}: {bench.instant(url, e)}" for e in ready_exprs) + "\n" + prom.tail())
+            pytest.fail(f"Prometheus or VictoriaMetrics never saw the workload ({driver.rounds} Temporal rounds):\n"
+                        + "\n".join(f"{e}: {bench.instant(url, e)} / {bench.instant(store, e)}" for e in ready_exprs)
+                        + "\n" + prom.tail() + "\n" + vm.tail())
         time.sleep(3)
-        yield Live(url, services)
+        yield Live(url, services, store)
     finally:
         stop.set()
         if driver is not None:
@@ -362,7 +379,9 @@ def source_of(expr: str) -> str:
     return "unknown: " + ", ".join(sorted(names - CATALOGUE_SERIES))
 
 
-def test_every_panel_query_runs_and_returns_data(live: Live) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_panel_query_runs_and_returns_data(live: Live, backend: str) -> None:
+    base = live.base(backend)
     queries = bench.panel_queries()
     assert len(queries) > 60
     errors, empty, unexpectedly_full = [], [], []
@@ -370,7 +389,7 @@ def test_every_panel_query_runs_and_returns_data(live: Live) -> None:
     for q in queries:
         expr = bench.substitute(q.expr, "1m")
         try:
-            result = bench.instant(live.url, expr)
+            result = bench.instant(base, expr)
         except bench.QueryError as exc:
             errors.append(f"{q.key}: {exc}\n    {expr}")
             continue
@@ -383,7 +402,7 @@ def test_every_panel_query_runs_and_returns_data(live: Live) -> None:
             empty.append(f"{q.key} [{source_of(q.expr)}]: no data\n    {expr}")
         elif source_of(q.expr) == "sdk":
             sdk_with_data += 1
-    assert not errors, "queries Prometheus refused:\n" + "\n".join(errors)
+    assert not errors, f"queries {backend} refused:\n" + "\n".join(errors)
     assert not empty, "panels without data:\n" + "\n".join(empty)
     assert not unexpectedly_full, "\n".join(unexpectedly_full)
     assert set(EXPECTED_EMPTY) <= {q.key for q in queries}, "EXPECTED_EMPTY names a query that no longer exists"
@@ -398,34 +417,58 @@ def test_expected_empty_panels_are_only_external_exporters() -> None:
         assert src == "cadvisor", (key, src, reason)
 
 
-def test_values_match_the_workload(live: Live) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_values_match_the_workload(live: Live, backend: str) -> None:
     """Spot-check that panels compute what they say, not just 'some data'."""
-    rate = bench.instant(live.url, bench.substitute(
+    url = live.base(backend)
+    rate = bench.instant(url, bench.substitute(
         dash.ratio('paid_agent_runs_total{status="completed"}', "paid_agent_runs_total", window="1h")))
     # 2 of every 4 runs complete (completed, completed, failed, cancelled).
     assert len(rate) == 1 and float(rate[0]["value"][1]) == pytest.approx(0.5, abs=0.02)
-    statuses = bench.instant(live.url, 'sum by (status) (paid_agent_runs_total{project_id=~".*"})')
+    statuses = bench.instant(url, 'sum by (status) (paid_agent_runs_total{project_id=~".*"})')
     totals = {s["metric"]["status"]: float(s["value"][1]) for s in statuses}
     assert totals["completed"] == pytest.approx(2 * totals["failed"]) == pytest.approx(2 * totals["cancelled"])
-    budget = bench.instant(live.url, "paid_project_daily_budget_cents")
+    budget = bench.instant(url, "paid_project_daily_budget_cents")
     assert {s["metric"]["project_id"] for s in budget} == set(PROJECTS)
     assert all(float(s["value"][1]) == 10000 for s in budget)
-    alerts = bench.instant(live.url, 'sum by (alertname, severity) (ALERTS{alertstate="firing"})')
+    alerts = bench.instant(url, 'sum by (alertname, severity) (ALERTS{alertstate="firing"})')
     assert [a["metric"]["alertname"] for a in alerts] == ["Watchdog"]
-    down = bench.instant(live.url, "up == 0")
+    down = bench.instant(url, "up == 0")
     assert [d["metric"]["job"] for d in down] == ["unreachable"]
 
 
-def test_variables_list_values(live: Live) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_variables_list_values(live: Live, backend: str) -> None:
+    url = live.base(backend)
     for uid, name, selector, label in bench.variable_queries():
-        values = bench.api(live.url, f"/api/v1/label/{label}/values", [("match[]", selector)], method="GET")
+        values = bench.api(url, f"/api/v1/label/{label}/values", [("match[]", selector)], method="GET")
         if (uid, name) in EXPECTED_EMPTY_VARIABLES:
             assert values == [], f"{uid} ${name} has values now: remove it from EXPECTED_EMPTY_VARIABLES"
         else:
             assert values, f"{uid} ${name}: label_values({selector}, {label}) is empty"
-    projects = bench.api(live.url, "/api/v1/label/project_id/values", [("match[]", "paid_agent_runs_total")],
+    projects = bench.api(url, "/api/v1/label/project_id/values", [("match[]", "paid_agent_runs_total")],
                         method="GET")
     assert projects == sorted(PROJECTS)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_rule_expression_runs(live: Live, backend: str) -> None:
+    """Prometheus evaluates the rules (docs/scaling.md says why); their expressions still run
+    unchanged on the store, e.g. for Grafana panels or vmalert later."""
+    import yaml
+
+    from paid_telemetry_ops.services import REPO
+
+    rules = [r for path in sorted((REPO / "prometheus" / "rules").glob("*.yml"))
+             for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"]]
+    errors = []
+    for rule in rules:
+        try:
+            bench.instant(live.base(backend), rule["expr"])
+        except bench.QueryError as exc:
+            errors.append(f"{rule.get('alert') or rule.get('record')}: {exc}")
+    assert len(rules) > 20
+    assert not errors, f"rule expressions {backend} refused:\n" + "\n".join(errors)
 
 
 # -- query speed over a backfilled week -------------------------------------------------------
@@ -436,21 +479,41 @@ HISTORY_EMPTY = {"paid-overview / Firing alerts by name / A", "paid-infrastructu
 HISTORY_INTERVAL_S = 30  # the bench script uses the record's 15 s; 30 s keeps this test near a minute
 
 
+@dataclass
+class Histories:
+    """The same backfilled week in Prometheus' TSDB and in VictoriaMetrics."""
+
+    hist: bench.History
+    urls: dict[str, str]
+
+
 @pytest.fixture(scope="module")
-def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, bench.History]]:
+def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Histories]:
     work = tmp_path_factory.mktemp("dash-history")
     hist = bench.write_openmetrics(work / "om", days=7, interval_s=HISTORY_INTERVAL_S)
-    bench.backfill_history(hist, work / "tsdb")
-    prom = bench.prometheus(work, "global: {scrape_interval: 15s}\nscrape_configs: []\n", tsdb=work / "tsdb")
-    prom.start(120)
+    vm = victoriametrics_service(work, fresh=True)
+    vm.start(60)
     try:
-        yield f"http://127.0.0.1:{prom.ports['http']}", hist
+        store = f"http://127.0.0.1:{vm.ports['http']}"
+        took = bench.import_victoriametrics(store, hist.files)
+        series = bench.instant(store, 'count({__name__=~".+"})', at=hist.end)
+        assert int(float(series[0]["value"][1])) == hist.series
+        print(f"\nVictoriaMetrics imported {hist.samples:,} samples of {hist.series} series in {took:.1f} s "
+              f"({hist.samples / took:,.0f} samples/s)")
+        bench.backfill_history(hist, work / "tsdb")
+        prom = bench.prometheus(work, "global: {scrape_interval: 15s}\nscrape_configs: []\n", tsdb=work / "tsdb")
+        prom.start(120)
+        try:
+            yield Histories(hist, {"prometheus": f"http://127.0.0.1:{prom.ports['http']}", "victoriametrics": store})
+        finally:
+            prom.stop()
     finally:
-        prom.stop()
+        vm.stop()
 
 
-def test_every_query_answers_within_two_seconds_over_a_week(history: tuple[str, bench.History]) -> None:
-    url, hist = history
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_query_answers_within_two_seconds_over_a_week(history: Histories, backend: str) -> None:
+    url, hist = history.urls[backend], history.hist
     assert hist.series > 700 and hist.samples == hist.series * (7 * 86400 // HISTORY_INTERVAL_S + 1)
     queries = bench.panel_queries()
     timings = bench.time_range_queries(url, queries, {"24h": 86400, "7d": 7 * 86400}, end=hist.end)
@@ -463,14 +526,15 @@ def test_every_query_answers_within_two_seconds_over_a_week(history: tuple[str, 
     empty -= HISTORY_EMPTY
     assert not empty, f"no series over the backfilled week: {empty}"
     slowest = max(timings, key=lambda t: t.seconds)
-    print(f"\nslowest: {slowest.query.key} [{slowest.range_name}] {slowest.seconds * 1000:.0f} ms; "
+    print(f"\n{backend} slowest: {slowest.query.key} [{slowest.range_name}] {slowest.seconds * 1000:.0f} ms; "
           f"median {sorted(t.seconds for t in timings)[len(timings) // 2] * 1000:.0f} ms")
     assert math.isfinite(slowest.seconds)
 
 
-def test_history_feeds_the_budget_projection(history: tuple[str, bench.History]) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_history_feeds_the_budget_projection(history: Histories, backend: str) -> None:
     """The cost projection over backfilled data: globex (20x the spend) is the only one over budget."""
-    url, hist = history
+    url, hist = history.urls[backend], history.hist
     projection = next(q for q in bench.panel_queries() if q.panel == "Projected day-end spend vs budget (UTC)")
     result = bench.instant(url, bench.substitute(projection.expr), at=hist.end)
     share = {s["metric"]["project_id"]: float(s["value"][1]) for s in result}

@@ -32,13 +32,15 @@ def _cmd_stack(args: argparse.Namespace) -> int:
         if stack.saved_status(workdir):
             print(f"a stack is already recorded in {workdir}; run `paid-telemetry stack down` first", file=sys.stderr)
             return 1
-        s = stack.Stack(workdir, node_exporter=True, scrape_interval="5s", evaluation_interval="5s").up()
+        s = stack.Stack(workdir, node_exporter=True, victoriametrics=args.store, scrape_interval="5s",
+                        evaluation_interval="5s").up()
         s.save()
         for svc in s.services.values():
             svc.proc = None  # keep them running after this process exits
         print(json.dumps({
             "prometheus": s.prometheus_url, "jaeger": s.jaeger_url, "alertmanager": s.alertmanager_url,
             "otlp": s.otlp_endpoint, "temporal": s.temporal_address, "collector_metrics": s.collector_metrics_url,
+            **({"victoriametrics": s.store_url} if args.store else {}),
         }, indent=2))
         print(f"export OTEL_EXPORTER_OTLP_ENDPOINT={s.otlp_endpoint}", file=sys.stderr)
         return 0
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(func=_cmd_demo)
     st = sub.add_parser("stack", help="the local stack: collector, Jaeger, Prometheus, Alertmanager, Temporal")
     st.add_argument("action", choices=["up", "down", "status"])
+    st.add_argument("--store", action="store_true",
+                    help="also VictoriaMetrics, fed by Prometheus' remote_write (docs/scaling.md)")
     st.set_defaults(func=_cmd_stack)
     dash = sub.add_parser("dashboards", help="regenerate the Grafana dashboards from paid_telemetry_ops.dashboards")
     dash.add_argument("directory", nargs="?", default=None,

@@ -37,6 +37,8 @@ INSTALL_HINTS = {
                     "~/.cache/paid-telemetry), or set PAID_OTELCOL_BIN to a collector built from "
                     "otel-collector/builder-config.yaml",
     "jaeger": "built by scripts/build-collector.sh with the collector (needs Go), or set PAID_JAEGER_BIN",
+    "victoria-metrics": "built by scripts/build-collector.sh with the collector (needs Go), "
+                        "or set PAID_VICTORIAMETRICS_BIN",
     "prometheus-node-exporter": "apt-get install -y prometheus-node-exporter",
     "prometheus-postgres-exporter": "apt-get install -y prometheus-postgres-exporter",
     "initdb": "apt-get install -y postgresql  (initdb lives in /usr/lib/postgresql/<version>/bin)",
@@ -56,12 +58,14 @@ def find_binary(name: str) -> str:
 
 
 def built_binary(kind: str) -> str:
-    """The collector or Jaeger binary from scripts/build-collector.sh (built there if missing).
+    """The collector, Jaeger or VictoriaMetrics binary from scripts/build-collector.sh (built there if missing).
 
     The script is the checkout's or the wheel's copy (paid_telemetry_ops.assets); it writes only
     to the cache directory.
     """
-    env_var = {"otelcol-paid": "PAID_OTELCOL_BIN", "jaeger": "PAID_JAEGER_BIN"}[kind]
+    key = {"otelcol-paid": "OTELCOL", "jaeger": "JAEGER", "victoria-metrics": "VICTORIAMETRICS"}[kind]
+    env_var = {"otelcol-paid": "PAID_OTELCOL_BIN", "jaeger": "PAID_JAEGER_BIN",
+               "victoria-metrics": "PAID_VICTORIAMETRICS_BIN"}[kind]
     if os.environ.get(env_var):
         return os.environ[env_var]
     try:
@@ -73,7 +77,7 @@ def built_binary(kind: str) -> str:
         detail = (getattr(exc, "stderr", "") or str(exc))[-2000:]
         raise MissingBinary(f"{kind}: build failed: {INSTALL_HINTS[kind]}\n{detail}") from exc
     paths = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    path = paths.get("OTELCOL" if kind == "otelcol-paid" else "JAEGER", "")
+    path = paths.get(key, "")
     if not path or not os.path.exists(path):
         raise MissingBinary(f"{kind} not built; run: {INSTALL_HINTS[kind]}")
     os.environ[env_var] = path

@@ -92,6 +92,9 @@ class Stack:
     jaeger: bool = True
     alertmanager: bool = True
     node_exporter: bool = False
+    # VictoriaMetrics as the long-term store, fed by Prometheus' remote_write (docs/scaling.md)
+    victoriametrics: bool = False
+    retention: str = "15d"
     scrape_interval: str = "2s"
     evaluation_interval: str = "2s"
     ports: dict[str, int] = field(default_factory=dict)
@@ -113,6 +116,11 @@ class Stack:
     @property
     def alertmanager_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['alertmanager']}"
+
+    @property
+    def store_url(self) -> str:
+        """VictoriaMetrics' Prometheus-compatible API (``victoriametrics=True``)."""
+        return f"http://127.0.0.1:{self.ports['victoriametrics']}"
 
     @property
     def collector_metrics_url(self) -> str:
@@ -140,6 +148,8 @@ class Stack:
                 self._start_alertmanager()
             if self.node_exporter:
                 self._start_node_exporter()
+            if self.victoriametrics:
+                self._start_victoriametrics()
             self._start_prometheus()
         except BaseException:
             self.down()
@@ -183,18 +193,8 @@ class Stack:
         self.services["collector"] = self.collector_service().start()
 
     def _start_jaeger(self) -> None:
-        wd = self.workdir / "jaeger"
-        env = {
-            "JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{self._port('jaeger_otlp')}",
-            "JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{self._port('jaeger_otlp_http')}",
-            "JAEGER_QUERY_HTTP_ENDPOINT": f"127.0.0.1:{self._port('jaeger_ui')}",
-            "JAEGER_QUERY_GRPC_ENDPOINT": f"127.0.0.1:{self._port('jaeger_query_grpc')}",
-            "JAEGER_HEALTH_ENDPOINT": f"127.0.0.1:{self._port('jaeger_health')}",
-            "JAEGER_METRICS_PORT": str(self._port("jaeger_metrics")),
-        }
-        argv = [built_binary("jaeger"), "--config", str(assets.path("jaeger/config.yaml"))]
-        ui = f"http://127.0.0.1:{self.ports['jaeger_ui']}/api/services"
-        self.services["jaeger"] = Service("jaeger", argv, wd, ready=lambda: http_ok(ui), env=env).start()
+        svc = jaeger_service(self.workdir, ports={k: self._port(k) for k in _JAEGER_PORTS})
+        self.services["jaeger"] = svc.start()
 
     def _start_temporal(self) -> None:
         svc = temporal_server(self.workdir / "temporal", backlog_interval="5s")
@@ -223,12 +223,19 @@ class Stack:
             "node_exporter", argv, self.workdir / "node_exporter", ready=lambda: http_ok(url)
         ).start()
 
+    def _start_victoriametrics(self) -> None:
+        svc = victoriametrics_service(self.workdir, retention=self.retention)
+        self.ports["victoriametrics"] = svc.ports["http"]
+        self.services["victoriametrics"] = svc.start()
+
     def prometheus_service(self) -> Service:
         wd = self.workdir / "prometheus"
         wd.mkdir(parents=True, exist_ok=True)
         port = self._port("prometheus")
         cfg = prometheus_config(self.ports, assets.path("prometheus/rules"),
                                 scrape_interval=self.scrape_interval, evaluation_interval=self.evaluation_interval)
+        if "victoriametrics" in self.ports:
+            cfg["remote_write"] = [{"url": f"{self.store_url}/api/v1/write"}]
         (wd / "prometheus.yml").write_text(_yaml().safe_dump(cfg, sort_keys=False))
         argv = [
             find_binary("prometheus"),
@@ -237,7 +244,7 @@ class Stack:
             f"--web.listen-address=127.0.0.1:{port}",
             "--enable-feature=exemplar-storage",
             "--web.enable-lifecycle",
-            "--storage.tsdb.retention.time=15d",
+            f"--storage.tsdb.retention.time={self.retention}",
         ]
         ready = f"http://127.0.0.1:{port}/-/ready"
         return Service("prometheus", argv, wd, ready=lambda: http_ok(ready))
@@ -253,6 +260,108 @@ class Stack:
             "pids": {n: s.proc.pid for n, s in self.services.items() if s.proc is not None},
         }
         (self.workdir / "state.json").write_text(json.dumps(state, indent=2))
+
+
+def free_ports(names: tuple[str, ...]) -> dict[str, int]:
+    """Distinct free loopback ports, one per name: all sockets stay bound until every port is
+    chosen (one free_port() after another may hand out the same port twice)."""
+    import socket
+
+    socks = []
+    try:
+        for _ in names:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return {name: int(sock.getsockname()[1]) for name, sock in zip(names, socks, strict=True)}
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+_JAEGER_PORTS = ("jaeger_otlp", "jaeger_otlp_http", "jaeger_ui", "jaeger_query_grpc", "jaeger_health",
+                 "jaeger_metrics")
+
+
+def jaeger_service(workdir: Path, ports: dict[str, int] | None = None) -> Service:
+    """Jaeger (jaeger/config.yaml) on loopback; ``ports`` (names in _JAEGER_PORTS) default to free ones."""
+    p = dict(ports or free_ports(_JAEGER_PORTS))
+    env = {
+        "JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{p['jaeger_otlp']}",
+        "JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{p['jaeger_otlp_http']}",
+        "JAEGER_QUERY_HTTP_ENDPOINT": f"127.0.0.1:{p['jaeger_ui']}",
+        "JAEGER_QUERY_GRPC_ENDPOINT": f"127.0.0.1:{p['jaeger_query_grpc']}",
+        "JAEGER_HEALTH_ENDPOINT": f"127.0.0.1:{p['jaeger_health']}",
+        "JAEGER_METRICS_PORT": str(p["jaeger_metrics"]),
+    }
+    argv = [built_binary("jaeger"), "--config", str(assets.path("jaeger/config.yaml"))]
+    ui = f"http://127.0.0.1:{p['jaeger_ui']}/api/services"
+    return Service("jaeger", argv, workdir / "jaeger", ready=lambda: http_ok(ui), env=env, ports=p)
+
+
+# -- the two collector tiers (docs/scaling.md) ---------------------------------------------
+
+
+def gateway_service(workdir: Path, *, token_file: Path, cert_file: Path, key_file: Path,
+                    jaeger_otlp: str, name: str = "gateway") -> Service:
+    """A gateway-tier collector (otel-collector/gateway.yaml): OTLP over TLS with a bearer token,
+    out to a Prometheus exporter endpoint and Jaeger. Not started; free loopback ports in ``.ports``."""
+    ports = free_ports(("otlp_grpc", "otlp_http", "prometheus", "health", "self"))
+    env = {
+        "OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['otlp_grpc']}",
+        "OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['otlp_http']}",
+        "PROMETHEUS_EXPORTER_ENDPOINT": f"127.0.0.1:{ports['prometheus']}",
+        "HEALTH_CHECK_ENDPOINT": f"127.0.0.1:{ports['health']}",
+        "COLLECTOR_METRICS_HOST": "127.0.0.1",
+        "COLLECTOR_METRICS_PORT": str(ports["self"]),
+        "JAEGER_OTLP_ENDPOINT": jaeger_otlp,
+        "COLLECTOR_LOGS_FILE": str(workdir / name / "logs.jsonl"),
+        "OTLP_TOKEN_FILE": str(token_file),
+        "TLS_CERT_FILE": str(cert_file),
+        "TLS_KEY_FILE": str(key_file),
+    }
+    argv = [built_binary("otelcol-paid"), "--config", str(assets.path("otel-collector/gateway.yaml"))]
+    health = f"http://127.0.0.1:{ports['health']}/"
+    return Service(name, argv, workdir / name, ready=lambda: http_ok(health), env=env, ports=ports)
+
+
+def agent_service(workdir: Path, *, gateways: list[str], token_file: Path, ca_file: Path,
+                  name: str = "agent", queue_size: int = 5000) -> Service:
+    """An agent-tier collector (otel-collector/agent.yaml): OTLP in on loopback, persistent queue
+    under its own directory, out to ``gateways`` (host:port) over TLS. Not started."""
+    ports = free_ports(("otlp_grpc", "otlp_http", "health", "self"))
+    env = {
+        "OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['otlp_grpc']}",
+        "OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['otlp_http']}",
+        "HEALTH_CHECK_ENDPOINT": f"127.0.0.1:{ports['health']}",
+        "COLLECTOR_METRICS_HOST": "127.0.0.1",
+        "COLLECTOR_METRICS_PORT": str(ports["self"]),
+        "AGENT_QUEUE_DIR": str(workdir / name / "queue"),
+        "AGENT_QUEUE_SIZE": str(queue_size),
+        "GATEWAY_ENDPOINTS": "[" + ", ".join(gateways) + "]",
+        "GATEWAY_TOKEN_FILE": str(token_file),
+        "GATEWAY_CA_FILE": str(ca_file),
+    }
+    argv = [built_binary("otelcol-paid"), "--config", str(assets.path("otel-collector/agent.yaml"))]
+    health = f"http://127.0.0.1:{ports['health']}/"
+    return Service(name, argv, workdir / name, ready=lambda: http_ok(health), env=env, ports=ports)
+
+
+def victoriametrics_service(workdir: Path, *, retention: str = "15d", fresh: bool = False,
+                            name: str = "victoriametrics") -> Service:
+    """VictoriaMetrics (single node) on a free loopback port: the long-term metrics store behind
+    Prometheus' query API, fed by Prometheus' ``remote_write`` to ``<url>/api/v1/write``
+    (docs/scaling.md). Retention is RDR-011's 15 days unless told. ``fresh`` makes the newest
+    samples queryable at once (no 30 s latency offset, no result cache): for tests."""
+    port = free_port()
+    argv = [
+        built_binary("victoria-metrics"), f"-httpListenAddr=127.0.0.1:{port}",
+        f"-storageDataPath={workdir / name / 'data'}", f"-retentionPeriod={retention}", "-loggerLevel=WARN",
+    ]
+    if fresh:
+        argv += ["-search.latencyOffset=0s", "-search.disableCache"]
+    url = f"http://127.0.0.1:{port}"
+    return Service(name, argv, workdir / name, ready=lambda: http_ok(f"{url}/health"), ports={"http": port})
 
 
 def state_file(workdir: Path) -> Path:
