@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import yaml
 
 from paid_telemetry import external_metrics
 from paid_telemetry.catalogue import CATALOGUE
+from paid_telemetry.config import Settings
 from paid_telemetry.services import find_binary
 from tests.alerting_support import (
     AM_CONFIG,
@@ -51,9 +53,19 @@ SEVERITY = {
     "CollectorExportFailing": "warning",
     "TelemetryRecordsDropped": "warning",
     "TelemetrySpansDropped": "warning",
+    # silence is not health: absence and meta-monitoring
+    "AgentRunsStopped": "critical",
+    "TelemetryNotReceived": "warning",
+    "PrometheusRuleEvaluationFailing": "warning",
+    "PrometheusNotificationsFailing": "critical",
+    "AlertmanagerNotificationsFailing": "critical",
+    "MonitoringConfigReloadFailed": "warning",
+    # always firing: the heartbeat to the external dead man's switch, never to people
+    "Watchdog": "none",
 }
-# Events, not states: an OOM kill is never a flap, it pages at once.
-NO_FOR = {"ContainerOOMKilled"}
+HEARTBEAT = "Watchdog"
+# Events, not states: an OOM kill is never a flap, it pages at once. The Watchdog is always true.
+NO_FOR = {"ContainerOOMKilled", HEARTBEAT}
 CATALOGUE_SERIES = {s for inst in CATALOGUE for s in inst.prometheus_series}
 RECEIVER = {("critical", "product"): "oncall", ("critical", "platform"): "oncall",
             ("warning", "product"): "chat", ("warning", "platform"): "platform-chat"}
@@ -69,7 +81,8 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 def test_rule_files_one_per_domain() -> None:
     assert [p.name for p in rule_files()] == [
-        "agents.yml", "costs.yml", "external_apis.yml", "infrastructure.yml", "watchers.yml", "workflows.yml",
+        "agents.yml", "costs.yml", "external_apis.yml", "infrastructure.yml", "meta.yml", "watchers.yml",
+        "workflows.yml",
     ]
 
 
@@ -160,7 +173,16 @@ def _unit_cases() -> dict[str, dict[str, list[tuple[int, Any, bool]]]]:
     return cases
 
 
-@pytest.mark.parametrize("name", sorted(SEVERITY))
+def test_watchdog_fires_always_even_without_traffic() -> None:
+    groups = _unit_cases()[HEARTBEAT]
+    checks = [c for group in groups.values() for c in group]
+    assert checks and all(exp for _, exp, _ in checks)
+    assert any(t == 0 for t, _, _ in checks), "fires from the first evaluation"
+    assert any(not has_input for _, _, has_input in checks), "fires with no series at all"
+    assert alert_rules()[HEARTBEAT]["expr"].strip() == "vector(1)"
+
+
+@pytest.mark.parametrize("name", sorted(set(SEVERITY) - {HEARTBEAT}))
 def test_every_alert_has_fire_no_fire_and_no_traffic_cases(name: str) -> None:
     groups = _unit_cases().get(name, {})
     firing = [(g, t, exp) for g, checks in groups.items() for t, exp, _ in checks if exp]
@@ -196,6 +218,14 @@ MUTATIONS = [
      "unless otel_sdk_exporter_span_exported_total)"),
     ("watchers.yml", 'increase(otel_sdk_exporter_span_exported_total{error_type!=""}[10m])',
      "increase(otel_sdk_exporter_span_exported_total[10m])"),
+    # Absence: a collector nobody ever pushed to has no accepted_* series; a new worker's first runs count.
+    ("watchers.yml", "or sum by (job, instance) (otelcol_process_uptime) * 0", ""),
+    ("agents.yml", '(paid_agent_runs_total{status="completed"} unless paid_agent_runs_total{status="completed"} '
+                   'offset 15m)\n              or\n', ""),
+    ("agents.yml", 'offset 15m)) >= 60', 'offset 15m)) >= 30'),
+    ("meta.yml", "max by (job, instance) (prometheus_notifications_alertmanagers_discovered) < 1",
+     "max by (job, instance) (prometheus_notifications_alertmanagers_discovered) < 0"),
+    ("meta.yml", "expr: vector(1)", "expr: vector(1) unless on () prometheus_config_last_reload_successful"),
 ]
 
 
@@ -233,7 +263,7 @@ def test_live_rules_variant_only_scales_for(tmp_path: Path) -> None:
 def test_amtool_check_config() -> None:
     proc = run("amtool", "check-config", str(AM_CONFIG))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert " - 3 receivers" in proc.stdout and " - 1 templates" in proc.stdout
+    assert " - 4 receivers" in proc.stdout and " - 1 templates" in proc.stdout
     assert " - 3 inhibit rules" in proc.stdout
 
 
@@ -263,7 +293,19 @@ def test_unlabelled_alert_still_reaches_chat() -> None:
 def test_every_alert_routes_to_its_receiver(name: str) -> None:
     labels = alert_rules()[name]["labels"]
     got = route(f"alertname={name}", f"severity={labels['severity']}", f"team={labels['team']}")
-    assert got == RECEIVER[labels["severity"], labels["team"]]
+    assert got == ("heartbeat" if name == HEARTBEAT else RECEIVER[labels["severity"], labels["team"]])
+
+
+def test_heartbeat_route_repeats_every_minute_and_takes_only_the_watchdog() -> None:
+    """The dead man's switch must hear from Alertmanager every minute, and nothing else may reach it
+    (a page routed there would reach nobody)."""
+    routes = yaml.safe_load(AM_CONFIG.read_text())["route"]["routes"]
+    first = routes[0]
+    assert first["matchers"] == [f'alertname="{HEARTBEAT}"'] and first["receiver"] == "heartbeat"
+    assert not first.get("continue")
+    assert seconds(first["repeat_interval"]) <= 60 and seconds(first["group_interval"]) <= 60
+    assert all(r["receiver"] != "heartbeat" for r in routes[1:])
+    assert route("alertname=Other", "severity=none", "team=platform") == "chat"
 
 
 def test_grouping_and_timers() -> None:
@@ -299,9 +341,16 @@ def test_no_secret_in_the_config() -> None:
         return []
 
     secret_keys = {"api_url", "slack_api_url", "auth_password", "smtp_auth_password", "routing_key",
-                   "service_key", "auth_secret", "smtp_auth_secret", "url"}
+                   "service_key", "auth_secret", "smtp_auth_secret", "credentials", "password"}
     found = [k for k, _ in keys(cfg) if k in secret_keys]
     assert not found, f"secrets must come from *_file settings: {found}"
+    # The heartbeat's URL is an address, not a credential: no user info, no query token; the
+    # bearer token is a file.
+    for receiver in cfg["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            url = urllib.parse.urlsplit(hook["url"])
+            assert url.scheme == "https" and not url.username and not url.password and not url.query, hook["url"]
+            assert hook["http_config"]["authorization"]["credentials_file"].startswith("/run/secrets/")
     doc = (REPO / "docs" / "alerting.md").read_text()
     for key, value in keys(cfg):
         if key.endswith("_file"):
@@ -316,3 +365,16 @@ def test_notification_templates_render(template: str) -> None:
     assert proc.stdout.strip()
     if template != "paid.title":
         assert "commonlabelkey1=commonlabelvalue1" in proc.stdout  # the labels of amtool's example alerts
+
+
+def test_collector_expiry_matches_scrape_and_for_windows() -> None:
+    """A dead process's series must leave the collector's /metrics before they can hold an alert
+    open (or look like health) for longer than one for:, and a live one must never expire."""
+    collector = yaml.safe_load((REPO / "otel-collector" / "config.yaml").read_text())
+    expiry = seconds(collector["exporters"]["prometheus"]["metric_expiration"])
+    scrape = seconds(yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())["global"]["scrape_interval"])
+    export = Settings().metric_export_interval_ms / 1000
+    assert expiry >= 10 * export and expiry >= 4 * scrape, "a live series would flicker out"
+    assert expiry <= 300, "longer than Prometheus' 5m lookback: a dead worker still looks alive"
+    for name in ("TelemetryNotReceived", "AgentRunsStopped"):
+        assert expiry <= seconds(alert_rules()[name]["for"]), name

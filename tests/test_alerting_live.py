@@ -24,6 +24,7 @@ import yaml
 from temporalio.client import Client
 
 import paid_telemetry as pt
+from paid_telemetry import external_metrics
 from paid_telemetry.agents import agent_run, record_token_usage
 from paid_telemetry.services import Service, find_binary, free_port, http_ok, temporal_server
 from tests.alerting_support import RUNBOOK_BASE, alertmanager_variant, rules_variant
@@ -88,7 +89,8 @@ def wait_until(check: Callable[[], Any], what: str, tick: Callable[[], None] | N
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def prometheus(workdir: Path, targets: dict[str, str], alertmanager: str | None = None) -> Service:
+def prometheus(workdir: Path, targets: dict[str, str], alertmanager: str | None = None,
+               scrape_self: bool = False) -> Service:
     """A real Prometheus (not started) scraping ``targets`` ({job: host:port}) every second.
 
     It loads the repository's rules with every for: divided by 150 (5m -> 2s, 15m -> 6s; windows,
@@ -97,6 +99,8 @@ def prometheus(workdir: Path, targets: dict[str, str], alertmanager: str | None 
     """
     port = free_port()
     rules = rules_variant(workdir / "rules", scale=150)
+    if scrape_self:
+        targets = {**targets, "prometheus": f"127.0.0.1:{port}"}
     cfg: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules / "*.yml")],
@@ -108,6 +112,9 @@ def prometheus(workdir: Path, targets: dict[str, str], alertmanager: str | None 
     svc = Service("prometheus", [
         find_binary("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
         f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+        # Alerts evaluated before the Alertmanager is discovered are dropped and re-sent after this
+        # delay (default 1m, like every for: it is scaled down).
+        "--rules.alert.resend-delay=1s",
     ], workdir, ready=lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"), ports={"web": port})
     return svc
 
@@ -136,7 +143,8 @@ def services(tmp_path: Path, telemetry: pt.Telemetry) -> Iterator[dict[str, Any]
         ], am_dir, ready=lambda: http_ok(f"http://127.0.0.1:{am_port}/-/ready"))
 
         sdk = urllib.parse.urlparse(telemetry.prometheus_url or "")
-        prom = prometheus(prom_dir, {"paid-sdk": sdk.netloc}, alertmanager=f"127.0.0.1:{am_port}")
+        prom = prometheus(prom_dir, {"paid-sdk": sdk.netloc, "alertmanager": f"127.0.0.1:{am_port}"},
+                          alertmanager=f"127.0.0.1:{am_port}", scrape_self=True)
         try:
             am.start()
             prom.start()
@@ -256,6 +264,37 @@ def test_alerts_fire_route_inhibit_and_resolve(services: dict[str, Any]) -> None
     assert not services["prom_svc"].tail().count("level=error")
 
 
+META_ALERTS = ("PrometheusRuleEvaluationFailing", "PrometheusNotificationsFailing",
+               "AlertmanagerNotificationsFailing", "MonitoringConfigReloadFailed")
+
+
+def test_watchdog_heartbeat_and_meta_monitoring(services: dict[str, Any]) -> None:
+    """The Watchdog reaches the heartbeat receiver (and nothing else does), again and again; the
+    meta-monitoring rules read metric names that exist on these real Prometheus and Alertmanager
+    binaries, and stay quiet while the pipeline is healthy."""
+    webhook: Webhook = services["webhook"]
+    prom = services["prom"]
+    first = wait_until(lambda: webhook.alerts("Watchdog", "firing"), "the Watchdog's heartbeat")
+    receiver, alert = first[0]
+    assert receiver == "heartbeat"
+    assert alert["labels"] == {"alertname": "Watchdog", "severity": "none", "team": "platform"}
+    assert {r for r, _ in webhook.alerts("Watchdog")} == {"heartbeat"}
+    with webhook._lock:
+        others = [a["labels"]["alertname"] for r, p in webhook.received if r == "heartbeat" for a in p["alerts"]]
+    assert set(others) == {"Watchdog"}
+
+    names = {n for group in ("prometheus (self)", "alertmanager (self)")
+             for n in external_metrics.EXTERNAL_METRICS[group]}
+    wait_until(lambda: all(query(prom, n) for n in names), f"every meta-monitoring series: {sorted(names)}")
+    assert {r["metric"]["integration"] for r in query(prom, "alertmanager_notifications_failed_total")} >= {
+        "webhook", "slack", "email", "pagerduty"}
+    assert {r["metric"]["rule_group"].rsplit(";", 1)[1]
+            for r in query(prom, "prometheus_rule_evaluation_failures_total")} >= {"paid-meta", "paid-agents"}
+    # Healthy pipeline: for: has elapsed many times over (5m/150 = 2s), none of them is pending or firing.
+    time.sleep(4)
+    assert [n for n in META_ALERTS if prom_alert_state(prom, n)] == []
+
+
 def test_workflow_queue_depth_fires_from_the_real_temporal_backlog(tmp_path: Path) -> None:
     """101 workflows on a task queue nobody polls: the Temporal dev server's own backlog gauge,
     scraped by Prometheus, fires WorkflowQueueDepthHigh with the queue's labels; 100 would not."""
@@ -281,9 +320,12 @@ def test_workflow_queue_depth_fires_from_the_real_temporal_backlog(tmp_path: Pat
 
         alerts = wait_until(firing, "WorkflowQueueDepthHigh firing from approximate_backlog_count")
         # Both queues are in the sum (the server sanitises '-' to '_' in the label), only one fires.
-        depth = {r["metric"]["taskqueue"]: float(r["value"][1])
-                 for r in query(url, 'job_taskqueue:approximate_backlog_count:sum{namespace="default"}')}
-        assert depth == {"agent_backlog": 101.0, "just_full": 100.0}
+        # The alert can fire before the second queue's gauge has caught up (emitted every second).
+        def depth() -> dict[str, float]:
+            return {r["metric"]["taskqueue"]: float(r["value"][1])
+                    for r in query(url, 'job_taskqueue:approximate_backlog_count:sum{namespace="default"}')}
+
+        wait_until(lambda: depth() == {"agent_backlog": 101.0, "just_full": 100.0}, "both backlogs in full")
         assert [a["labels"] for a in alerts] == [{
             "alertname": "WorkflowQueueDepthHigh", "severity": "warning", "team": "product", "job": "temporal",
             "namespace": "default", "taskqueue": "agent_backlog", "task_type": "Workflow",

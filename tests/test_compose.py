@@ -361,3 +361,5 @@ def test_alertmanager_secrets_are_files_outside_git_that_the_config_reads() -> N
         assert spec["file"] == f"./secrets/{name}"
         assert f"/run/secrets/{name}" in config  # compose mounts each secret there
         assert f"/run/secrets/{name}" in docs
+    # ...and every secret file the config reads is one compose provides.
+    assert set(re.findall(r"/run/secrets/(\w+)", config)) == set(declared)

@@ -36,6 +36,15 @@ OTEL_SDK_SPAN_EXPORTED = "otel_sdk_exporter_span_exported_total"
 
 EXTERNAL_METRICS: dict[str, tuple[str, ...]] = {
     "prometheus (built-in)": ("ALERTS", "up"),
+    # Prometheus' own /metrics (2.42 Debian and 3.x): rule_evaluation_failures_total{rule_group},
+    # notifications_errors_total{alertmanager} (both exist once rules / an Alertmanager are configured).
+    "prometheus (self)": (
+        "prometheus_rule_evaluation_failures_total", "prometheus_notifications_errors_total",
+        "prometheus_notifications_dropped_total", "prometheus_notifications_alertmanagers_discovered",
+        "prometheus_config_last_reload_successful",
+    ),
+    # Alertmanager 0.25 / 0.3x: notifications_failed_total{integration} for every integration, 0 until one fails.
+    "alertmanager (self)": ("alertmanager_notifications_failed_total", "alertmanager_config_last_reload_successful"),
     "prometheus-node-exporter": (
         "node_cpu_seconds_total", "node_memory_MemAvailable_bytes", "node_memory_MemTotal_bytes",
         "node_filesystem_avail_bytes", "node_filesystem_size_bytes", "node_filesystem_readonly",
@@ -58,7 +67,7 @@ EXTERNAL_METRICS: dict[str, tuple[str, ...]] = {
         "otelcol_receiver_accepted_log_records", *OTELCOL_RECEIVER_REFUSED,
         "otelcol_exporter_sent_metric_points", "otelcol_exporter_sent_spans", "otelcol_exporter_sent_log_records",
         *OTELCOL_EXPORTER_FAILED, "otelcol_exporter_queue_size", "otelcol_exporter_queue_capacity",
-        "otelcol_process_memory_rss",
+        "otelcol_process_memory_rss", "otelcol_process_uptime",
     ),
     "opentelemetry sdk (span pipeline)": (
         "otel_sdk_span_started_total", OTEL_SDK_SPAN_PROCESSED, OTEL_SDK_SPAN_EXPORTED,
