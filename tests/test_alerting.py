@@ -200,7 +200,18 @@ def test_every_alert_has_fire_no_fire_and_no_traffic_cases(name: str) -> None:
 MUTATIONS = [
     # (file, original, mutated): each must make promtool's unit tests fail, or the tests do not bite.
     ("agents.yml", "paid_agent_success:ratio15m < 0.5", "paid_agent_success:ratio15m < 0.2"),
-    ("agents.yml", "or project_agent:paid_agent_runs:rate15m * 0", "or vector(0) * 0 > 1"),
+    ("agents.yml", "or project_agent:paid_agent_runs:increase15m * 0", "or vector(0) * 0 > 1"),
+    # First sample of a new series (deploy mid-window): counted whole, or bursts are lost.
+    ("agents.yml", "(paid_agent_runs_total unless paid_agent_runs_total offset 15m)",
+     "(paid_agent_runs_total unless paid_agent_runs_total)"),
+    ("costs.yml", "(paid_cost_cents_total unless paid_cost_cents_total offset 24h)",
+     "(paid_cost_cents_total unless paid_cost_cents_total)"),
+    ("workflows.yml", "(paid_workflow_completed_total unless paid_workflow_completed_total offset 15m)",
+     "(paid_workflow_completed_total unless paid_workflow_completed_total)"),
+    ("external_apis.yml", "(paid_external_api_requests_total unless paid_external_api_requests_total offset 10m)",
+     "(paid_external_api_requests_total unless paid_external_api_requests_total)"),
+    # ...but not after a gap (or Prometheus' first start), when every series looks new: lifetime totals.
+    ("agents.yml", "and on () group(paid_agent_runs_total offset 15m))", ")"),
     ("agents.yml", "increase15m >= 5", "increase15m >= 1"),
     ("costs.yml", "paid_cost_cents:increase24h * 0 + 10000", "paid_cost_cents:increase24h * 0 + 1e9"),
     ("workflows.yml", 'status!="continued_as_new"', 'status!="nothing"'),
@@ -221,7 +232,7 @@ MUTATIONS = [
     # Absence: a collector nobody ever pushed to has no accepted_* series; a new worker's first runs count.
     ("watchers.yml", "or sum by (job, instance) (otelcol_process_uptime) * 0", ""),
     ("agents.yml", '(paid_agent_runs_total{status="completed"} unless paid_agent_runs_total{status="completed"} '
-                   'offset 15m)\n              or\n', ""),
+                   'offset 15m)', '(paid_agent_runs_total unless paid_agent_runs_total)'),
     ("agents.yml", 'offset 15m)) >= 60', 'offset 15m)) >= 30'),
     ("meta.yml", "max by (job, instance) (prometheus_notifications_alertmanagers_discovered) < 1",
      "max by (job, instance) (prometheus_notifications_alertmanagers_discovered) < 0"),
