@@ -43,6 +43,7 @@ SEVERITY = {
     "ContainerOOMKilled": "critical",
     # ...except token spend: the record's rule and test scenario 3 make it a warning.
     "DailyBudgetExceeded": "warning",
+    "UnattributedSpend": "warning",
     "AgentRunDurationHigh": "warning",
     "WorkflowQueueDepthHigh": "warning",
     "ExternalApiErrorRateHigh": "warning",
@@ -214,6 +215,11 @@ MUTATIONS = [
     ("agents.yml", "and on () group(paid_agent_runs_total offset 15m))", ")"),
     ("agents.yml", "increase15m >= 5", "increase15m >= 1"),
     ("costs.yml", "paid_cost_cents:increase24h * 0 + 10000", "paid_cost_cents:increase24h * 0 + 1e9"),
+    # One budget per project: the smallest; _overflow is no project.
+    ("costs.yml", "min by (project_id) (paid_project_daily_budget_cents",
+     "max by (project_id) (paid_project_daily_budget_cents"),
+    ("costs.yml", 'project:paid_cost_cents:increase24h{project_id!="_overflow"}',
+     "project:paid_cost_cents:increase24h"),
     ("workflows.yml", 'status!="continued_as_new"', 'status!="nothing"'),
     ("workflows.yml", 'taskqueue!~"temporal_sys_.*"', 'taskqueue!="x"'),
     ("workflows.yml", 'namespace!="temporal_system"', 'namespace!="x"'),
