@@ -73,7 +73,12 @@ EXTERNAL_METRICS: dict[str, tuple[str, ...]] = {
         "otel_sdk_span_started_total", OTEL_SDK_SPAN_PROCESSED, OTEL_SDK_SPAN_EXPORTED,
         "otel_sdk_processor_span_queue_size", "otel_sdk_processor_span_queue_capacity",
     ),
-    "temporal server": (TEMPORAL_BACKLOG, TEMPORAL_BACKLOG_AGE),
+    # Temporal 1.32 history service, per execution end (no _total): workflow_timeout{namespace,
+    # taskqueue, workflowType, service_name="history", operation="CompletionStats"} and
+    # workflow_terminate{...}, seen on `temporal server start-dev`; build_information{service_name}
+    # is always present (a gauge, 1 per service).
+    "temporal server": (TEMPORAL_BACKLOG, TEMPORAL_BACKLOG_AGE, "workflow_timeout", "workflow_terminate",
+                        "build_information"),
     "temporal sdk (worker)": (
         "temporal_worker_task_slots_available", "temporal_workflow_task_schedule_to_start_latency_seconds_bucket",
         "temporal_activity_schedule_to_start_latency_seconds_bucket", "temporal_workflow_completed_total",
