@@ -14,6 +14,7 @@ import re
 import threading
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -215,8 +216,9 @@ def test_alerts_fire_route_inhibit_and_resolve(services: dict[str, Any]) -> None
     assert alert["labels"] == {"alertname": "AgentSuccessRateLow", "severity": "critical", "team": "product",
                                "project_id": FAIL_PROJECT, "agent_type": AGENT}
     assert alert["annotations"]["summary"] == f"Agent success rate below 50% for {AGENT} in project {FAIL_PROJECT}"
-    m = re.fullmatch(rf"Only ([\d.]+)% of {AGENT} runs in project {FAIL_PROJECT} completed over the last 15 minutes "
-                     r"\(threshold 50%; (\d+) runs ended in that window\)\.", alert["annotations"]["description"])
+    m = re.fullmatch(rf"Only ([\d.]+)% of {AGENT} runs in project {FAIL_PROJECT} completed over the last 5 or 15 "
+                     r"minutes \(threshold 50%; (\d+) runs ended in the last 15 minutes\)\.",
+                     alert["annotations"]["description"])
     assert m, alert["annotations"]["description"]
     assert 15 <= float(m.group(1)) < 50 and int(m.group(2)) >= 5
     assert alert["annotations"]["runbook_url"] == RUNBOOK_BASE + "AgentSuccessRateLow.md"
@@ -335,3 +337,49 @@ def test_workflow_queue_depth_fires_from_the_real_temporal_backlog(tmp_path: Pat
     finally:
         prom.stop()
         temporal.stop()
+
+
+def test_target_down_inhibits_only_its_own_instance(tmp_path: Path) -> None:
+    """The repository's inhibition on a real Alertmanager: TargetDown for node-exporter on host A
+    mutes host A's disk warning, never host B's (equal: [job, instance])."""
+    with Webhook() as webhook:
+        port = free_port()
+        (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_variant(webhook.url), sort_keys=False))
+        am = Service("alertmanager", [
+            find_binary("prometheus-alertmanager"), f"--config.file={tmp_path / 'alertmanager.yml'}",
+            f"--storage.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ], tmp_path, ready=lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            am.start()
+            platform = {"severity": "warning", "team": "platform", "job": "node"}
+            alerts = [
+                {"alertname": "TargetDown", **platform, "instance": "host-a:9100"},
+                {"alertname": "DiskUsageHigh", **platform, "instance": "host-a:9100", "mountpoint": "/"},
+                {"alertname": "DiskUsageHigh", **platform, "instance": "host-b:9100", "mountpoint": "/"},
+            ]
+            body = json.dumps([{"labels": labels, "annotations": {"summary": "test"}} for labels in alerts]).encode()
+            req = urllib.request.Request(f"{url}/api/v2/alerts", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 200
+
+            def states() -> dict[str, dict[str, Any]] | None:
+                found = {a["labels"]["alertname"] + "@" + a["labels"]["instance"]: a
+                         for a in get_json(f"{url}/api/v2/alerts")}
+                return found if len(found) == 3 and all(a["status"]["state"] != "unprocessed"
+                                                        for a in found.values()) else None
+
+            found = wait_until(states, "the three alerts processed by Alertmanager")
+            source = found["TargetDown@host-a:9100"]
+            assert found["DiskUsageHigh@host-a:9100"]["status"]["state"] == "suppressed"
+            assert found["DiskUsageHigh@host-a:9100"]["status"]["inhibitedBy"] == [source["fingerprint"]]
+            assert found["DiskUsageHigh@host-b:9100"]["status"] == {
+                "state": "active", "inhibitedBy": [], "silencedBy": []}
+            delivered = wait_until(lambda: webhook.alerts("DiskUsageHigh", "firing"), "host B's disk warning delivered")
+            assert [(r, a["labels"]["instance"]) for r, a in delivered] == [("platform-chat", "host-b:9100")]
+            time.sleep(3)  # three group intervals: host A's would have gone by now
+            assert [a["labels"]["instance"] for _, a in webhook.alerts("DiskUsageHigh")] == ["host-b:9100"]
+        finally:
+            am.stop()

@@ -50,6 +50,8 @@ EXTERNAL_METRICS: dict[str, tuple[str, ...]] = {
         "node_filesystem_avail_bytes", "node_filesystem_size_bytes", "node_filesystem_readonly",
         "node_disk_io_time_seconds_total", "node_load1", "node_network_receive_bytes_total",
         "node_network_transmit_bytes_total", "node_uname_info",
+        # vmstat collector, default fields (node-exporter 1.5): untyped, kills since boot
+        "node_vmstat_oom_kill",
     ),
     # cAdvisor: container_oom_events_total{id, image, name}
     "cadvisor": ("container_cpu_usage_seconds_total", "container_memory_working_set_bytes",
