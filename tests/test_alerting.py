@@ -29,6 +29,7 @@ from tests.alerting_support import (
     alertmanager_variant,
     all_rules,
     metric_names,
+    prometheus3,
     recorded_names,
     rule_files,
     rules_variant,
@@ -413,3 +414,32 @@ def test_collector_expiry_matches_scrape_and_for_windows() -> None:
     assert expiry <= 300, "longer than Prometheus' 5m lookback: a dead worker still looks alive"
     for name in ("TelemetryNotReceived", "AgentRunsStopped"):
         assert expiry <= seconds(alert_rules()[name]["for"]), name
+
+
+# -- Prometheus 3 (the major docker-compose ships), built from Go modules ----------------------
+
+
+@pytest.fixture(scope="module")
+def prom3() -> dict[str, str]:
+    return prometheus3()
+
+
+def test_prometheus3_checks_and_unit_tests_the_same_rules(prom3: dict[str, str], tmp_path: Path) -> None:
+    version = subprocess.run([prom3["promtool"], "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0
+    proc = subprocess.run([prom3["promtool"], "check", "rules", *map(str, rule_files())],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sum(int(n) for n in re.findall(r"SUCCESS: (\d+) rules found", proc.stdout)) == len(all_rules())
+    tests = sorted(PROM_TESTS_DIR.glob("*_test.yml"))
+    proc = subprocess.run([prom3["promtool"], "test", "rules", *map(str, tests)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("SUCCESS") == len(tests)
+    # The compose config itself (rules from the repository instead of /etc/prometheus).
+    cfg = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
+    cfg["rule_files"] = [str(RULES_DIR / "*.yml")]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([prom3["promtool"], "check", "config", str(tmp_path / "prometheus.yml")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
