@@ -54,5 +54,6 @@ if [ "$installed_from" != "$(realpath "$here/src/paid_telemetry")" ] || [ ! -e "
 fi
 if [ "${PAID_TELEMETRY_SKIP_GO:-0}" != "1" ]; then
   bash scripts/build-collector.sh >/dev/null
+  bash scripts/build-prometheus3.sh >/dev/null   # Prometheus 3 for tests/test_alerting.py
 fi
 echo "install: ok" >&2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,19 @@ def alertmanager_variant(webhook_base: str, timing: dict[str, str] | None = None
     ]
     _retime(cfg["route"], timing)
     return cfg
+
+
+def prometheus3() -> dict[str, str]:
+    """``{"prometheus": path, "promtool": path}`` of Prometheus 3, built from Go modules and cached
+    by scripts/build-prometheus3.sh (scripts/install.sh runs it; a cold build takes minutes)."""
+    from paid_telemetry_ops.services import MissingBinary
+
+    script = REPO / "scripts" / "build-prometheus3.sh"
+    try:
+        out = subprocess.run(["bash", str(script)], check=True, capture_output=True, text=True, timeout=3600).stdout
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise MissingBinary(f"Prometheus 3 not built; run: bash scripts/build-prometheus3.sh (needs Go)\n"
+                            f"{detail[-2000:]}") from exc
+    paths = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return {"prometheus": paths["PROMETHEUS3"], "promtool": paths["PROMTOOL3"]}

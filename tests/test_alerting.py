@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from paid_telemetry.catalogue import CATALOGUE
+from paid_telemetry.settings import Settings
 from paid_telemetry_ops import external_metrics
 from paid_telemetry_ops.services import find_binary
 from tests.alerting_support import (
@@ -27,6 +29,7 @@ from tests.alerting_support import (
     alertmanager_variant,
     all_rules,
     metric_names,
+    prometheus3,
     recorded_names,
     rule_files,
     rules_variant,
@@ -39,8 +42,10 @@ SEVERITY = {
     "WorkflowFailureRateHigh": "critical",
     "PostgresConnectionsExhausted": "critical",
     "ContainerOOMKilled": "critical",
+    "HostOOMKill": "critical",
     # ...except token spend: the record's rule and test scenario 3 make it a warning.
     "DailyBudgetExceeded": "warning",
+    "UnattributedSpend": "warning",
     "AgentRunDurationHigh": "warning",
     "WorkflowQueueDepthHigh": "warning",
     "ExternalApiErrorRateHigh": "warning",
@@ -51,9 +56,22 @@ SEVERITY = {
     "CollectorExportFailing": "warning",
     "TelemetryRecordsDropped": "warning",
     "TelemetrySpansDropped": "warning",
+    # silence is not health: absence and meta-monitoring
+    "AgentRunsStopped": "critical",
+    "TelemetryNotReceived": "warning",
+    "PrometheusRuleEvaluationFailing": "warning",
+    "PrometheusNotificationsFailing": "critical",
+    "AlertmanagerNotificationsFailing": "critical",
+    "MonitoringConfigReloadFailed": "warning",
+    # always firing: the heartbeat to the external dead man's switch, never to people
+    "Watchdog": "none",
 }
-# Events, not states: an OOM kill is never a flap, it pages at once.
-NO_FOR = {"ContainerOOMKilled"}
+HEARTBEAT = "Watchdog"
+# for: of at least 5 minutes against flapping, except where a window re-derived from RDR-011's
+# "fires within 5 minutes" needs less (the 5-minute window and the 5-run minimum smooth it).
+FOR_AT_LEAST = {"AgentSuccessRateLow": 120}
+# Events, not states: an OOM kill is never a flap, it pages at once. The Watchdog is always true.
+NO_FOR = {"ContainerOOMKilled", "HostOOMKill", HEARTBEAT}
 CATALOGUE_SERIES = {s for inst in CATALOGUE for s in inst.prometheus_series}
 RECEIVER = {("critical", "product"): "oncall", ("critical", "platform"): "oncall",
             ("warning", "product"): "chat", ("warning", "platform"): "platform-chat"}
@@ -69,7 +87,8 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 def test_rule_files_one_per_domain() -> None:
     assert [p.name for p in rule_files()] == [
-        "agents.yml", "costs.yml", "external_apis.yml", "infrastructure.yml", "watchers.yml", "workflows.yml",
+        "agents.yml", "costs.yml", "external_apis.yml", "infrastructure.yml", "meta.yml", "watchers.yml",
+        "workflows.yml",
     ]
 
 
@@ -105,7 +124,7 @@ def test_alert_metadata_and_runbook(name: str) -> None:
     if name in NO_FOR:
         assert "for" not in rule
     else:
-        assert seconds(rule["for"]) >= 300, "a for: of at least 5 minutes against flapping"
+        assert seconds(rule["for"]) >= FOR_AT_LEAST.get(name, 300), "a for: against flapping"
     runbook = (RUNBOOKS / f"{name}.md").read_text()
     assert runbook.startswith(f"# {name}\n")
     positions = [runbook.find(section) for section in RUNBOOK_SECTIONS]
@@ -160,7 +179,16 @@ def _unit_cases() -> dict[str, dict[str, list[tuple[int, Any, bool]]]]:
     return cases
 
 
-@pytest.mark.parametrize("name", sorted(SEVERITY))
+def test_watchdog_fires_always_even_without_traffic() -> None:
+    groups = _unit_cases()[HEARTBEAT]
+    checks = [c for group in groups.values() for c in group]
+    assert checks and all(exp for _, exp, _ in checks)
+    assert any(t == 0 for t, _, _ in checks), "fires from the first evaluation"
+    assert any(not has_input for _, _, has_input in checks), "fires with no series at all"
+    assert alert_rules()[HEARTBEAT]["expr"].strip() == "vector(1)"
+
+
+@pytest.mark.parametrize("name", sorted(set(SEVERITY) - {HEARTBEAT}))
 def test_every_alert_has_fire_no_fire_and_no_traffic_cases(name: str) -> None:
     groups = _unit_cases().get(name, {})
     firing = [(g, t, exp) for g, checks in groups.items() for t, exp, _ in checks if exp]
@@ -178,14 +206,40 @@ def test_every_alert_has_fire_no_fire_and_no_traffic_cases(name: str) -> None:
 MUTATIONS = [
     # (file, original, mutated): each must make promtool's unit tests fail, or the tests do not bite.
     ("agents.yml", "paid_agent_success:ratio15m < 0.5", "paid_agent_success:ratio15m < 0.2"),
-    ("agents.yml", "or project_agent:paid_agent_runs:rate15m * 0", "or vector(0) * 0 > 1"),
+    ("agents.yml", "paid_agent_success:ratio5m < 0.5", "paid_agent_success:ratio5m < 0.2"),
+    ("agents.yml", "increase5m >= 5", "increase5m >= 500"),
+    ("agents.yml", "or project_agent:paid_agent_runs:increase15m * 0", "or vector(0) * 0 > 1"),
+    # First sample of a new series (deploy mid-window): counted whole, or bursts are lost.
+    ("agents.yml", "(paid_agent_runs_total unless paid_agent_runs_total offset 15m)",
+     "(paid_agent_runs_total unless paid_agent_runs_total)"),
+    ("costs.yml", "(paid_cost_cents_total unless paid_cost_cents_total offset 24h)",
+     "(paid_cost_cents_total unless paid_cost_cents_total)"),
+    ("workflows.yml", "(paid_workflow_completed_total unless paid_workflow_completed_total offset 15m)",
+     "(paid_workflow_completed_total unless paid_workflow_completed_total)"),
+    ("external_apis.yml", "(paid_external_api_requests_total unless paid_external_api_requests_total offset 10m)",
+     "(paid_external_api_requests_total unless paid_external_api_requests_total)"),
+    # ...but not after a gap (or Prometheus' first start), when every series looks new: lifetime totals.
+    ("agents.yml", "and on () group(paid_agent_runs_total offset 15m))", ")"),
     ("agents.yml", "increase15m >= 5", "increase15m >= 1"),
     ("costs.yml", "paid_cost_cents:increase24h * 0 + 10000", "paid_cost_cents:increase24h * 0 + 1e9"),
-    ("workflows.yml", 'status!="continued_as_new"', 'status!="nothing"'),
+    # One budget per project: the smallest; _overflow is no project.
+    ("costs.yml", "min by (project_id) (paid_project_daily_budget_cents",
+     "max by (project_id) (paid_project_daily_budget_cents"),
+    ("costs.yml", 'project:paid_cost_cents:increase24h{project_id!="_overflow"}',
+     "project:paid_cost_cents:increase24h"),
+    ("workflows.yml", 'status=~"completed|failed|timed_out"}', 'status!="continued_as_new"}'),
+    ("workflows.yml", 'status=~"completed|failed|timed_out"}', 'status!="nothing"}'),
+    ("workflows.yml", 'increase(workflow_timeout{namespace!="temporal_system"}[15m])',
+     "increase(workflow_timeout[15m])"),
+    ("workflows.yml", '(workflow_timeout{namespace!="temporal_system"} unless workflow_timeout offset 15m)',
+     "(workflow_timeout unless workflow_timeout)"),
     ("workflows.yml", 'taskqueue!~"temporal_sys_.*"', 'taskqueue!="x"'),
-    ("workflows.yml", 'namespace!="temporal_system"', 'namespace!="x"'),
+    ("workflows.yml", 'approximate_backlog_count{namespace!="temporal_system"',
+     'approximate_backlog_count{namespace!="x"'),
     ("external_apis.yml", "ratio10m > 0.05", "ratio10m >= 0.05"),
     ("infrastructure.yml", "unless on (job, instance, device, mountpoint) node_filesystem_readonly == 1", ""),
+    ("infrastructure.yml", "> on () (sum(increase(container_oom_events_total[10m])) or vector(0))",
+     "> on () vector(0)"),
     ("watchers.yml", "or\n          sum by (instrument, reason) (paid_telemetry_dropped_records_total"
                      '{reason!="no_usage"} unless paid_telemetry_dropped_records_total offset 10m) > 0', ""),
     # the no_usage exclusion (failed LLM calls are expected, not a caller bug)
@@ -199,6 +253,14 @@ MUTATIONS = [
      "unless otel_sdk_exporter_span_exported_total)"),
     ("watchers.yml", 'increase(otel_sdk_exporter_span_exported_total{error_type!=""}[10m])',
      "increase(otel_sdk_exporter_span_exported_total[10m])"),
+    # Absence: a collector nobody ever pushed to has no accepted_* series; a new worker's first runs count.
+    ("watchers.yml", "or sum by (job, instance) (otelcol_process_uptime) * 0", ""),
+    ("agents.yml", '(paid_agent_runs_total{status="completed"} unless paid_agent_runs_total{status="completed"} '
+                   'offset 15m)', '(paid_agent_runs_total unless paid_agent_runs_total)'),
+    ("agents.yml", 'offset 15m)) >= 60', 'offset 15m)) >= 30'),
+    ("meta.yml", "max by (job, instance) (prometheus_notifications_alertmanagers_discovered) < 1",
+     "max by (job, instance) (prometheus_notifications_alertmanagers_discovered) < 0"),
+    ("meta.yml", "expr: vector(1)", "expr: vector(1) unless on () prometheus_config_last_reload_successful"),
 ]
 
 
@@ -236,7 +298,7 @@ def test_live_rules_variant_only_scales_for(tmp_path: Path) -> None:
 def test_amtool_check_config() -> None:
     proc = run("amtool", "check-config", str(AM_CONFIG))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert " - 3 receivers" in proc.stdout and " - 1 templates" in proc.stdout
+    assert " - 4 receivers" in proc.stdout and " - 1 templates" in proc.stdout
     assert " - 3 inhibit rules" in proc.stdout
 
 
@@ -266,7 +328,19 @@ def test_unlabelled_alert_still_reaches_chat() -> None:
 def test_every_alert_routes_to_its_receiver(name: str) -> None:
     labels = alert_rules()[name]["labels"]
     got = route(f"alertname={name}", f"severity={labels['severity']}", f"team={labels['team']}")
-    assert got == RECEIVER[labels["severity"], labels["team"]]
+    assert got == ("heartbeat" if name == HEARTBEAT else RECEIVER[labels["severity"], labels["team"]])
+
+
+def test_heartbeat_route_repeats_every_minute_and_takes_only_the_watchdog() -> None:
+    """The dead man's switch must hear from Alertmanager every minute, and nothing else may reach it
+    (a page routed there would reach nobody)."""
+    routes = yaml.safe_load(AM_CONFIG.read_text())["route"]["routes"]
+    first = routes[0]
+    assert first["matchers"] == [f'alertname="{HEARTBEAT}"'] and first["receiver"] == "heartbeat"
+    assert not first.get("continue")
+    assert seconds(first["repeat_interval"]) <= 60 and seconds(first["group_interval"]) <= 60
+    assert all(r["receiver"] != "heartbeat" for r in routes[1:])
+    assert route("alertname=Other", "severity=none", "team=platform") == "chat"
 
 
 def test_grouping_and_timers() -> None:
@@ -285,6 +359,10 @@ def test_inhibitions_name_real_alerts() -> None:
             m = re.fullmatch(r'alertname(=~?|!=)"(.*)"', matcher)
             if m:
                 assert set(m.group(2).split("|")) <= names, matcher
+    # Per instance: TargetDown on host A must never mute host B (live proof in test_alerting_live.py).
+    target_down = [r for r in yaml.safe_load(AM_CONFIG.read_text())["inhibit_rules"]
+                   if r["source_matchers"] == ['alertname="TargetDown"']]
+    assert target_down and all({"job", "instance"} <= set(r["equal"]) for r in target_down)
     first = yaml.safe_load(AM_CONFIG.read_text())["inhibit_rules"][0]
     assert first == {"source_matchers": ['alertname="AgentSuccessRateLow"'],
                      "target_matchers": ['alertname="AgentRunDurationHigh"'], "equal": ["project_id", "agent_type"]}
@@ -302,9 +380,16 @@ def test_no_secret_in_the_config() -> None:
         return []
 
     secret_keys = {"api_url", "slack_api_url", "auth_password", "smtp_auth_password", "routing_key",
-                   "service_key", "auth_secret", "smtp_auth_secret", "url"}
+                   "service_key", "auth_secret", "smtp_auth_secret", "credentials", "password"}
     found = [k for k, _ in keys(cfg) if k in secret_keys]
     assert not found, f"secrets must come from *_file settings: {found}"
+    # The heartbeat's URL is an address, not a credential: no user info, no query token; the
+    # bearer token is a file.
+    for receiver in cfg["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            url = urllib.parse.urlsplit(hook["url"])
+            assert url.scheme == "https" and not url.username and not url.password and not url.query, hook["url"]
+            assert hook["http_config"]["authorization"]["credentials_file"].startswith("/run/secrets/")
     doc = (REPO / "docs" / "alerting.md").read_text()
     for key, value in keys(cfg):
         if key.endswith("_file"):
@@ -319,3 +404,45 @@ def test_notification_templates_render(template: str) -> None:
     assert proc.stdout.strip()
     if template != "paid.title":
         assert "commonlabelkey1=commonlabelvalue1" in proc.stdout  # the labels of amtool's example alerts
+
+
+def test_collector_expiry_matches_scrape_and_for_windows() -> None:
+    """A dead process's series must leave the collector's /metrics before they can hold an alert
+    open (or look like health) for longer than one for:, and a live one must never expire."""
+    collector = yaml.safe_load((REPO / "otel-collector" / "config.yaml").read_text())
+    expiry = seconds(collector["exporters"]["prometheus"]["metric_expiration"])
+    scrape = seconds(yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())["global"]["scrape_interval"])
+    export = Settings().metric_export_interval_ms / 1000
+    assert expiry >= 10 * export and expiry >= 4 * scrape, "a live series would flicker out"
+    assert expiry <= 300, "longer than Prometheus' 5m lookback: a dead worker still looks alive"
+    for name in ("TelemetryNotReceived", "AgentRunsStopped"):
+        assert expiry <= seconds(alert_rules()[name]["for"]), name
+
+
+# -- Prometheus 3 (the major docker-compose ships), built from Go modules ----------------------
+
+
+@pytest.fixture(scope="module")
+def prom3() -> dict[str, str]:
+    return prometheus3()
+
+
+def test_prometheus3_checks_and_unit_tests_the_same_rules(prom3: dict[str, str], tmp_path: Path) -> None:
+    version = subprocess.run([prom3["promtool"], "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0
+    proc = subprocess.run([prom3["promtool"], "check", "rules", *map(str, rule_files())],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sum(int(n) for n in re.findall(r"SUCCESS: (\d+) rules found", proc.stdout)) == len(all_rules())
+    tests = sorted(PROM_TESTS_DIR.glob("*_test.yml"))
+    proc = subprocess.run([prom3["promtool"], "test", "rules", *map(str, tests)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("SUCCESS") == len(tests)
+    # The compose config itself (rules from the repository instead of /etc/prometheus).
+    cfg = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
+    cfg["rule_files"] = [str(RULES_DIR / "*.yml")]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([prom3["promtool"], "check", "config", str(tmp_path / "prometheus.yml")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

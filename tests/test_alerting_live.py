@@ -14,6 +14,7 @@ import re
 import threading
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,8 +26,9 @@ from temporalio.client import Client
 
 import paid_telemetry as pt
 from paid_telemetry.agents import agent_run, record_token_usage
+from paid_telemetry_ops import external_metrics
 from paid_telemetry_ops.services import Service, find_binary, free_port, http_ok, temporal_server
-from tests.alerting_support import RUNBOOK_BASE, alertmanager_variant, rules_variant
+from tests.alerting_support import RULES_DIR, RUNBOOK_BASE, alertmanager_variant, all_rules, prometheus3, rules_variant
 from tests.promapi import get_json, query
 
 pytestmark = pytest.mark.e2e
@@ -88,7 +90,8 @@ def wait_until(check: Callable[[], Any], what: str, tick: Callable[[], None] | N
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def prometheus(workdir: Path, targets: dict[str, str], alertmanager: str | None = None) -> Service:
+def prometheus(workdir: Path, targets: dict[str, str], alertmanager: str | None = None,
+               scrape_self: bool = False) -> Service:
     """A real Prometheus (not started) scraping ``targets`` ({job: host:port}) every second.
 
     It loads the repository's rules with every for: divided by 150 (5m -> 2s, 15m -> 6s; windows,
@@ -97,6 +100,8 @@ def prometheus(workdir: Path, targets: dict[str, str], alertmanager: str | None 
     """
     port = free_port()
     rules = rules_variant(workdir / "rules", scale=150)
+    if scrape_self:
+        targets = {**targets, "prometheus": f"127.0.0.1:{port}"}
     cfg: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules / "*.yml")],
@@ -108,6 +113,9 @@ def prometheus(workdir: Path, targets: dict[str, str], alertmanager: str | None 
     svc = Service("prometheus", [
         find_binary("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
         f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+        # Alerts evaluated before the Alertmanager is discovered are dropped and re-sent after this
+        # delay (default 1m, like every for: it is scaled down).
+        "--rules.alert.resend-delay=1s",
     ], workdir, ready=lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"), ports={"web": port})
     return svc
 
@@ -136,7 +144,8 @@ def services(tmp_path: Path, telemetry: pt.Telemetry) -> Iterator[dict[str, Any]
         ], am_dir, ready=lambda: http_ok(f"http://127.0.0.1:{am_port}/-/ready"))
 
         sdk = urllib.parse.urlparse(telemetry.prometheus_url or "")
-        prom = prometheus(prom_dir, {"paid-sdk": sdk.netloc}, alertmanager=f"127.0.0.1:{am_port}")
+        prom = prometheus(prom_dir, {"paid-sdk": sdk.netloc, "alertmanager": f"127.0.0.1:{am_port}"},
+                          alertmanager=f"127.0.0.1:{am_port}", scrape_self=True)
         try:
             am.start()
             prom.start()
@@ -207,8 +216,9 @@ def test_alerts_fire_route_inhibit_and_resolve(services: dict[str, Any]) -> None
     assert alert["labels"] == {"alertname": "AgentSuccessRateLow", "severity": "critical", "team": "product",
                                "project_id": FAIL_PROJECT, "agent_type": AGENT}
     assert alert["annotations"]["summary"] == f"Agent success rate below 50% for {AGENT} in project {FAIL_PROJECT}"
-    m = re.fullmatch(rf"Only ([\d.]+)% of {AGENT} runs in project {FAIL_PROJECT} completed over the last 15 minutes "
-                     r"\(threshold 50%; (\d+) runs ended in that window\)\.", alert["annotations"]["description"])
+    m = re.fullmatch(rf"Only ([\d.]+)% of {AGENT} runs in project {FAIL_PROJECT} completed over the last 5 or 15 "
+                     r"minutes \(threshold 50%; (\d+) runs ended in the last 15 minutes\)\.",
+                     alert["annotations"]["description"])
     assert m, alert["annotations"]["description"]
     assert 15 <= float(m.group(1)) < 50 and int(m.group(2)) >= 5
     assert alert["annotations"]["runbook_url"] == RUNBOOK_BASE + "AgentSuccessRateLow.md"
@@ -256,6 +266,37 @@ def test_alerts_fire_route_inhibit_and_resolve(services: dict[str, Any]) -> None
     assert not services["prom_svc"].tail().count("level=error")
 
 
+META_ALERTS = ("PrometheusRuleEvaluationFailing", "PrometheusNotificationsFailing",
+               "AlertmanagerNotificationsFailing", "MonitoringConfigReloadFailed")
+
+
+def test_watchdog_heartbeat_and_meta_monitoring(services: dict[str, Any]) -> None:
+    """The Watchdog reaches the heartbeat receiver (and nothing else does), again and again; the
+    meta-monitoring rules read metric names that exist on these real Prometheus and Alertmanager
+    binaries, and stay quiet while the pipeline is healthy."""
+    webhook: Webhook = services["webhook"]
+    prom = services["prom"]
+    first = wait_until(lambda: webhook.alerts("Watchdog", "firing"), "the Watchdog's heartbeat")
+    receiver, alert = first[0]
+    assert receiver == "heartbeat"
+    assert alert["labels"] == {"alertname": "Watchdog", "severity": "none", "team": "platform"}
+    assert {r for r, _ in webhook.alerts("Watchdog")} == {"heartbeat"}
+    with webhook._lock:
+        others = [a["labels"]["alertname"] for r, p in webhook.received if r == "heartbeat" for a in p["alerts"]]
+    assert set(others) == {"Watchdog"}
+
+    names = {n for group in ("prometheus (self)", "alertmanager (self)")
+             for n in external_metrics.EXTERNAL_METRICS[group]}
+    wait_until(lambda: all(query(prom, n) for n in names), f"every meta-monitoring series: {sorted(names)}")
+    assert {r["metric"]["integration"] for r in query(prom, "alertmanager_notifications_failed_total")} >= {
+        "webhook", "slack", "email", "pagerduty"}
+    assert {r["metric"]["rule_group"].rsplit(";", 1)[1]
+            for r in query(prom, "prometheus_rule_evaluation_failures_total")} >= {"paid-meta", "paid-agents"}
+    # Healthy pipeline: for: has elapsed many times over (5m/150 = 2s), none of them is pending or firing.
+    time.sleep(4)
+    assert [n for n in META_ALERTS if prom_alert_state(prom, n)] == []
+
+
 def test_workflow_queue_depth_fires_from_the_real_temporal_backlog(tmp_path: Path) -> None:
     """101 workflows on a task queue nobody polls: the Temporal dev server's own backlog gauge,
     scraped by Prometheus, fires WorkflowQueueDepthHigh with the queue's labels; 100 would not."""
@@ -300,3 +341,80 @@ def test_workflow_queue_depth_fires_from_the_real_temporal_backlog(tmp_path: Pat
     finally:
         prom.stop()
         temporal.stop()
+
+
+def test_target_down_inhibits_only_its_own_instance(tmp_path: Path) -> None:
+    """The repository's inhibition on a real Alertmanager: TargetDown for node-exporter on host A
+    mutes host A's disk warning, never host B's (equal: [job, instance])."""
+    with Webhook() as webhook:
+        port = free_port()
+        (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_variant(webhook.url), sort_keys=False))
+        am = Service("alertmanager", [
+            find_binary("prometheus-alertmanager"), f"--config.file={tmp_path / 'alertmanager.yml'}",
+            f"--storage.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ], tmp_path, ready=lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            am.start()
+            platform = {"severity": "warning", "team": "platform", "job": "node"}
+            alerts = [
+                {"alertname": "TargetDown", **platform, "instance": "host-a:9100"},
+                {"alertname": "DiskUsageHigh", **platform, "instance": "host-a:9100", "mountpoint": "/"},
+                {"alertname": "DiskUsageHigh", **platform, "instance": "host-b:9100", "mountpoint": "/"},
+            ]
+            body = json.dumps([{"labels": labels, "annotations": {"summary": "test"}} for labels in alerts]).encode()
+            req = urllib.request.Request(f"{url}/api/v2/alerts", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 200
+
+            def states() -> dict[str, dict[str, Any]] | None:
+                found = {a["labels"]["alertname"] + "@" + a["labels"]["instance"]: a
+                         for a in get_json(f"{url}/api/v2/alerts")}
+                return found if len(found) == 3 and all(a["status"]["state"] != "unprocessed"
+                                                        for a in found.values()) else None
+
+            found = wait_until(states, "the three alerts processed by Alertmanager")
+            source = found["TargetDown@host-a:9100"]
+            assert found["DiskUsageHigh@host-a:9100"]["status"]["state"] == "suppressed"
+            assert found["DiskUsageHigh@host-a:9100"]["status"]["inhibitedBy"] == [source["fingerprint"]]
+            assert found["DiskUsageHigh@host-b:9100"]["status"] == {
+                "state": "active", "inhibitedBy": [], "silencedBy": []}
+            delivered = wait_until(lambda: webhook.alerts("DiskUsageHigh", "firing"), "host B's disk warning delivered")
+            assert [(r, a["labels"]["instance"]) for r, a in delivered] == [("platform-chat", "host-b:9100")]
+            time.sleep(3)  # three group intervals: host A's would have gone by now
+            assert [a["labels"]["instance"] for _, a in webhook.alerts("DiskUsageHigh")] == ["host-b:9100"]
+        finally:
+            am.stop()
+
+
+def test_prometheus3_loads_and_evaluates_every_rule(tmp_path: Path) -> None:
+    """The repository's rule files, unchanged, on a real Prometheus 3 (built from Go modules, the
+    major docker-compose ships): every rule loads, evaluates without error, and the Watchdog fires."""
+    binary = prometheus3()["prometheus"]
+    port = free_port()
+    cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+           "rule_files": [str(RULES_DIR / "*.yml")],
+           "scrape_configs": [{"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}]}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+    url = f"http://127.0.0.1:{port}"
+    prom = Service("prometheus3", [
+        binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ], tmp_path, ready=lambda: http_ok(f"{url}/-/ready"))
+    try:
+        prom.start()
+
+        def evaluated() -> list[dict[str, Any]] | None:
+            rules = [r for g in get_json(f"{url}/api/v1/rules")["data"]["groups"] for r in g["rules"]]
+            return rules if rules and all(r["health"] != "unknown" for r in rules) else None
+
+        rules = wait_until(evaluated, "every rule evaluated once")
+        assert len(rules) == len(all_rules())
+        assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
+        firing = [a["labels"]["alertname"] for a in get_json(f"{url}/api/v1/alerts")["data"]["alerts"]
+                  if a["state"] == "firing"]
+        assert "Watchdog" in firing
+    finally:
+        prom.stop()

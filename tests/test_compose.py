@@ -8,6 +8,7 @@ present in the repository, healthchecks, named volumes, and agreement with the c
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -32,6 +33,8 @@ REQUIRED_MOUNTS = {
     "grafana/provisioning": "dir", "grafana/dashboards": "dir",
 }
 HOST_PATH_SERVICES = {"node-exporter", "cadvisor"}  # read the host on purpose, read-only
+# On the host's network on purpose (host network and OOM figures), listening on a private address only.
+HOST_NETWORK_SERVICES = {"node-exporter"}
 HEALTHCHECK_EXEMPT = {"otel-collector"}  # FROM scratch image: nothing to probe with
 TEST_ENV = {"POSTGRES_PASSWORD": "pg-test-password", "GRAFANA_ADMIN_PASSWORD": "grafana-test-password"}
 
@@ -199,7 +202,13 @@ def test_secrets_are_required_and_have_no_default() -> None:
 def test_every_host_port_is_bound_to_loopback() -> None:
     published: list[int] = []
     for name, svc in services().items():
-        assert svc.get("network_mode") != "host", f"{name}: host networking bypasses the loopback binding"
+        if svc.get("network_mode") == "host":
+            assert name in HOST_NETWORK_SERVICES, f"{name}: host networking bypasses the loopback binding"
+            listen = next(a.split("=", 1)[1] for a in svc["command"] if a.startswith("--web.listen-address="))
+            address = ipaddress.ip_address(listen.rsplit(":", 1)[0])
+            assert address.is_private and not address.is_unspecified, f"{name} listens on {listen}"
+            assert not svc.get("ports"), f"{name}: a host-network service publishes nothing"
+            continue
         for port in svc.get("ports", []):
             if isinstance(port, str):
                 parts = port.split("/")[0].split(":")
@@ -302,7 +311,8 @@ def test_prometheus_grafana_alertmanager_settings() -> None:
     assert "--storage.tsdb.retention.time=15d" in prom
     assert "--enable-feature=exemplar-storage" in prom
     assert "--config.file=/etc/prometheus/prometheus.yml" in prom
-    assert svc["prometheus"]["image"].startswith("prom/prometheus:v2.")
+    assert svc["prometheus"]["image"].startswith("prom/prometheus:v3.")
+    assert not [a for a in prom if a.startswith("--web.console")], "Prometheus 3 has no consoles: it refuses the flags"
     rules = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())["rule_files"]
     assert all(r.startswith("/etc/prometheus/") for r in rules), "rules must live under the mounted directory"
     grafana = env_of(svc["grafana"])
@@ -345,6 +355,12 @@ def test_prometheus_scrape_targets_are_compose_services() -> None:
     targets += [t for am in cfg["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]]
     for target in targets:
         host = target.rsplit(":", 1)[0]
+        if host == "host.docker.internal":  # a host-network service, through the gateway
+            assert "host.docker.internal:host-gateway" in svc["prometheus"]["extra_hosts"]
+            port = target.rsplit(":", 1)[1]
+            assert any("--web.listen-address=" in a and a.endswith(f":{port}")
+                       for n in HOST_NETWORK_SERVICES for a in svc[n]["command"]), target
+            continue
         assert host == "localhost" or host in svc, f"prometheus.yml scrapes {target}: no such compose service"
     assert "PROMETHEUS_ENDPOINT" in env_of(svc["temporal"]) and "temporal:9090" in targets
 
@@ -361,3 +377,5 @@ def test_alertmanager_secrets_are_files_outside_git_that_the_config_reads() -> N
         assert spec["file"] == f"./secrets/{name}"
         assert f"/run/secrets/{name}" in config  # compose mounts each secret there
         assert f"/run/secrets/{name}" in docs
+    # ...and every secret file the config reads is one compose provides.
+    assert set(re.findall(r"/run/secrets/(\w+)", config)) == set(declared)

@@ -310,8 +310,9 @@ def overview() -> dict[str, Any]:
         row("Spend and health"),
         bargauge("Spend last 24h vs daily budget", [target(
             f"sum by (project_id) (increase({cost}[24h])) / on (project_id) "
-            f"max by (project_id) ({budget})", "{{project_id}}", instant=True)], "percentunit",
-            description="Share of each project's daily budget (paid_project_daily_budget_cents) spent in 24h.",
+            f"min by (project_id) ({budget})", "{{project_id}}", instant=True)], "percentunit",
+            description="Share of each project's daily budget spent in 24h; the budget is the smallest "
+                        "paid_project_daily_budget_cents any process exports, as DailyBudgetExceeded uses.",
             minimum=0, maximum=1.2, thresholds=BUDGET_THRESHOLDS),
         table("Firing alerts by name", [target('sum by (alertname, severity) (ALERTS{alertstate="firing"})',
                                        "{{alertname}}", instant=True)], "short",
@@ -386,7 +387,8 @@ def cost() -> dict[str, Any]:
     tokens = f"paid_tokens_total{{{f}}}"
     cost_ = f"paid_cost_cents_total{{{f}}}"
     cost_all = f"paid_cost_cents_total{{{PROJECT}}}"
-    budget = f"max by (project_id) (paid_project_daily_budget_cents{{{PROJECT}}})"
+    # One budget per project, the smallest any process exports (as the DailyBudgetExceeded rule).
+    budget = f"min by (project_id) (paid_project_daily_budget_cents{{{PROJECT}}})"
     panels = [
         row("Tokens"),
         timeseries("Tokens per minute by provider, model and type", [target(

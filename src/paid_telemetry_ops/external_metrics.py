@@ -36,11 +36,22 @@ OTEL_SDK_SPAN_EXPORTED = "otel_sdk_exporter_span_exported_total"
 
 EXTERNAL_METRICS: dict[str, tuple[str, ...]] = {
     "prometheus (built-in)": ("ALERTS", "up"),
+    # Prometheus' own /metrics (2.42 Debian and 3.x): rule_evaluation_failures_total{rule_group},
+    # notifications_errors_total{alertmanager} (both exist once rules / an Alertmanager are configured).
+    "prometheus (self)": (
+        "prometheus_rule_evaluation_failures_total", "prometheus_notifications_errors_total",
+        "prometheus_notifications_dropped_total", "prometheus_notifications_alertmanagers_discovered",
+        "prometheus_config_last_reload_successful",
+    ),
+    # Alertmanager 0.25 / 0.3x: notifications_failed_total{integration} for every integration, 0 until one fails.
+    "alertmanager (self)": ("alertmanager_notifications_failed_total", "alertmanager_config_last_reload_successful"),
     "prometheus-node-exporter": (
         "node_cpu_seconds_total", "node_memory_MemAvailable_bytes", "node_memory_MemTotal_bytes",
         "node_filesystem_avail_bytes", "node_filesystem_size_bytes", "node_filesystem_readonly",
         "node_disk_io_time_seconds_total", "node_load1", "node_network_receive_bytes_total",
         "node_network_transmit_bytes_total", "node_uname_info",
+        # vmstat collector, default fields (node-exporter 1.5): untyped, kills since boot
+        "node_vmstat_oom_kill",
     ),
     # cAdvisor: container_oom_events_total{id, image, name}
     "cadvisor": ("container_cpu_usage_seconds_total", "container_memory_working_set_bytes",
@@ -58,13 +69,18 @@ EXTERNAL_METRICS: dict[str, tuple[str, ...]] = {
         "otelcol_receiver_accepted_log_records", *OTELCOL_RECEIVER_REFUSED,
         "otelcol_exporter_sent_metric_points", "otelcol_exporter_sent_spans", "otelcol_exporter_sent_log_records",
         *OTELCOL_EXPORTER_FAILED, "otelcol_exporter_queue_size", "otelcol_exporter_queue_capacity",
-        "otelcol_process_memory_rss",
+        "otelcol_process_memory_rss", "otelcol_process_uptime",
     ),
     "opentelemetry sdk (span pipeline)": (
         "otel_sdk_span_started_total", OTEL_SDK_SPAN_PROCESSED, OTEL_SDK_SPAN_EXPORTED,
         "otel_sdk_processor_span_queue_size", "otel_sdk_processor_span_queue_capacity",
     ),
-    "temporal server": (TEMPORAL_BACKLOG, TEMPORAL_BACKLOG_AGE),
+    # Temporal 1.32 history service, per execution end (no _total): workflow_timeout{namespace,
+    # taskqueue, workflowType, service_name="history", operation="CompletionStats"} and
+    # workflow_terminate{...}, seen on `temporal server start-dev`; build_information{service_name}
+    # is always present (a gauge, 1 per service).
+    "temporal server": (TEMPORAL_BACKLOG, TEMPORAL_BACKLOG_AGE, "workflow_timeout", "workflow_terminate",
+                        "build_information"),
     "temporal sdk (worker)": (
         "temporal_worker_task_slots_available", "temporal_workflow_task_schedule_to_start_latency_seconds_bucket",
         "temporal_activity_schedule_to_start_latency_seconds_bucket", "temporal_workflow_completed_total",

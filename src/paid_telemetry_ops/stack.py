@@ -52,7 +52,7 @@ _TARGETS = {
     "localhost:9090": "prometheus",
     "alertmanager:9093": "alertmanager",
     "jaeger:8888": "jaeger_metrics",
-    "node-exporter:9100": "node_exporter",
+    "host.docker.internal:9100": "node_exporter",  # compose: node-exporter on the host network
 }
 
 
