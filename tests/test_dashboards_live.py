@@ -46,6 +46,7 @@ from paid_telemetry_ops.services import (
     temporal_server,
 )
 from paid_telemetry_ops.stack import victoriametrics_service
+from tests.promapi import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -425,9 +426,16 @@ def test_values_match_the_workload(live: Live, backend: str) -> None:
         dash.ratio('paid_agent_runs_total{status="completed"}', "paid_agent_runs_total", window="1h")))
     # 2 of every 4 runs complete (completed, completed, failed, cancelled).
     assert len(rate) == 1 and float(rate[0]["value"][1]) == pytest.approx(0.5, abs=0.02)
-    statuses = bench.instant(url, 'sum by (status) (paid_agent_runs_total{project_id=~".*"})')
-    totals = {s["metric"]["status"]: float(s["value"][1]) for s in statuses}
-    assert totals["completed"] == pytest.approx(2 * totals["failed"]) == pytest.approx(2 * totals["cancelled"])
+
+    def totals() -> dict[str, float] | None:
+        statuses = bench.instant(url, 'sum by (status) (paid_agent_runs_total{project_id=~".*"})')
+        got = {s["metric"]["status"]: float(s["value"][1]) for s in statuses}
+        ok = got["completed"] == pytest.approx(2 * got["failed"]) == pytest.approx(2 * got["cancelled"])
+        return got if ok else None
+
+    # The store receives remote-write batches a few seconds after Prometheus scraped them, so right
+    # after a scrape its newest samples of different series can be one scrape apart: wait for a settled view.
+    assert wait_for(totals, timeout=60, what="run totals in the 2:1:1 ratio the workload records")
     budget = bench.instant(url, "paid_project_daily_budget_cents")
     assert {s["metric"]["project_id"] for s in budget} == set(PROJECTS)
     assert all(float(s["value"][1]) == 10000 for s in budget)

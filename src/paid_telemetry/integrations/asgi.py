@@ -167,9 +167,10 @@ class PaidASGIMiddleware:
                 return False
             tp, mp = self._providers(runtime.current())
             return bool(
-                (config.get("tracer_provider") or trace.get_tracer_provider()) is (tp or trace.get_tracer_provider())
-                and (config.get("meter_provider") or metrics.get_meter_provider())
-                is (mp or metrics.get_meter_provider())
+                _resolved(config.get("tracer_provider") or trace.get_tracer_provider())
+                is _resolved(tp or trace.get_tracer_provider())
+                and _resolved(config.get("meter_provider") or metrics.get_meter_provider())
+                is _resolved(mp or metrics.get_meter_provider())
             )
         except Exception as exc:  # FastAPI internals moved: ours does the work, FastAPI's is switched off
             log.debug("paid-telemetry: cannot read FastAPI's telemetry settings: %r", exc)
@@ -260,6 +261,15 @@ def _native_fastapi(app: Any) -> Any:
         if hasattr(obj, "_native_telemetry") and isinstance(getattr(obj, "_telemetry", None), dict):
             return obj
     return None
+
+
+def _resolved(provider: Any) -> Any:
+    """The provider behind paid-telemetry's global delegates (which follow configure()), else itself."""
+    from paid_telemetry.export.switch import SwitchableMeterProvider, SwitchableTracerProvider
+
+    if isinstance(provider, SwitchableMeterProvider | SwitchableTracerProvider):
+        return provider.target
+    return provider
 
 
 def starlette_route_resolver(app: Any) -> RouteResolver | None:
