@@ -37,3 +37,20 @@ def test_first_calls_after_start_succeed_without_retry(tmp_path: Path, trial: in
     finally:
         srv.stop()
     assert not srv.running()
+
+
+def test_a_service_that_exits_while_starting_is_started_again(tmp_path: Path) -> None:
+    """The first launch dies (as a dev server does that lost an internal port); the retry serves."""
+    from paid_telemetry_ops.services import Service
+
+    marker = tmp_path / "first-launch-done"
+    script = f'if [ -e "{marker}" ]; then echo up > "{tmp_path}/up"; exec sleep 30; else touch "{marker}"; exit 3; fi'
+    svc = Service("flaky", ["sh", "-c", script], tmp_path, ready=lambda: (tmp_path / "up").exists(), retries=1)
+    try:
+        svc.start(timeout=10)
+        assert svc.running() and marker.exists()
+    finally:
+        svc.stop()
+    once = Service("dies", ["sh", "-c", "exit 3"], tmp_path / "once", ready=lambda: False)
+    with pytest.raises(RuntimeError, match="dies exited with 3"):
+        once.start(timeout=10)

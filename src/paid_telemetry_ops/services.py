@@ -137,6 +137,9 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    # Start again this many times when the process exits while starting: a server that picks
+    # internal ports of its own (the Temporal dev server) can lose one to another process.
+    retries: int = 0
 
     @property
     def log_path(self) -> Path:
@@ -144,12 +147,19 @@ class Service:
 
     def start(self, timeout: float = 60.0) -> Service:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                list(self.argv), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env}, start_new_session=True,
-            )
-        self.wait_ready(timeout)
+        for attempt in range(self.retries + 1):
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    list(self.argv), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+                    env={**os.environ, **self.env}, start_new_session=True,
+                )
+            try:
+                self.wait_ready(timeout)
+                return self
+            except RuntimeError:  # exited while starting (a timeout is not retried)
+                if attempt == self.retries:
+                    raise
+                self.argv = _fresh_http_port(self.argv)
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -192,6 +202,14 @@ class Service:
 # -- the services -----------------------------------------------------------------------
 
 
+def _fresh_http_port(argv: Sequence[str]) -> list[str]:
+    """``argv`` with a newly picked ``--http-port`` (the one picked before may be taken now)."""
+    out = list(argv)
+    if "--http-port" in out:
+        out[out.index("--http-port") + 1] = str(free_port())
+    return out
+
+
 def temporal_server(workdir: Path, *, port: int | None = None, metrics_port: int | None = None,
                     db_file: Path | None = None, backlog_interval: str | None = None,
                     extra_args: Sequence[str] = ()) -> Service:
@@ -216,4 +234,4 @@ def temporal_server(workdir: Path, *, port: int | None = None, metrics_port: int
         return (tcp_ok(port) and http_ok(f"http://127.0.0.1:{metrics_port}/metrics")
                 and temporal_healthy(f"127.0.0.1:{port}"))
 
-    return Service("temporal", argv, workdir, ready=ready, ports={"grpc": port, "metrics": metrics_port})
+    return Service("temporal", argv, workdir, ready=ready, ports={"grpc": port, "metrics": metrics_port}, retries=2)
