@@ -408,6 +408,32 @@ def test_configure_leaves_the_process_environment_alone(monkeypatch: pytest.Monk
         assert dict(os.environ) == before
         names = {m.name for rm in rec.reader.get_metrics_data().resource_metrics
                  for sm in rm.scope_metrics for m in sm.metrics}
-        assert "otel.sdk.span.started" in names  # ...and our tracer still reports its spans
+        # The per-span counters cost ~40 µs a run: off unless the user asks (next test); the
+        # processors' per-batch accounting is what TelemetrySpansDropped reads.
+        assert "otel.sdk.span.started" not in names
+        assert "otel.sdk.span.live" not in names
+    finally:
+        pt.shutdown()
+
+
+@pytest.mark.parametrize("value", ["true", "TRUE"])
+def test_per_span_sdk_metrics_when_the_user_asks(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED=true (the SDK's own switch) turns our tracer's
+    otel.sdk.span.started/live on too: 3 runs started, none live after they end."""
+    monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", value)
+    rec = make_recorded()
+    try:
+        for _ in range(3):
+            with pt.agent_run(project_id="p", agent_type="a"):
+                pass
+        points = {m.name: [(dict(p.attributes), p.value) for p in m.data.data_points]
+                  for rm in rec.reader.get_metrics_data().resource_metrics
+                  for sm in rm.scope_metrics for m in sm.metrics if m.name.startswith("otel.sdk.span.")}
+        assert points == {
+            "otel.sdk.span.started": [({"otel.span.parent.origin": "none",
+                                        "otel.span.sampling_result": "RECORD_AND_SAMPLE"}, 3)],
+            "otel.sdk.span.live": [({"otel.span.sampling_result": "RECORD_AND_SAMPLE"}, 0)],
+        }
+        assert os.environ["OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED"] == value
     finally:
         pt.shutdown()

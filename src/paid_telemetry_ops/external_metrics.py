@@ -24,8 +24,9 @@ OTELCOL_EXPORTER_FAILED = (
     "otelcol_exporter_send_failed_log_records",
 )
 
-# The OpenTelemetry Python SDK's own span-pipeline metrics (opentelemetry-sdk 1.45, enabled by
-# paid-telemetry's runtime via OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED), pushed with the service's
+# The OpenTelemetry Python SDK's own span-pipeline metrics (opentelemetry-sdk 1.45, enabled for
+# the processors and exporters paid-telemetry builds via OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED;
+# the per-span otel_sdk_span_started_total/live only when the user sets that variable), pushed with the service's
 # metrics and seen in Prometheus through our collector with the service's job/instance
 # (tests/test_faults.py). Labels: otel_component_type, otel_component_name; processed has
 # error_type="queue_full" (or "already_shutdown") for spans dropped before export, none for spans
@@ -72,7 +73,7 @@ EXTERNAL_METRICS: dict[str, tuple[str, ...]] = {
         "otelcol_process_memory_rss", "otelcol_process_uptime",
     ),
     "opentelemetry sdk (span pipeline)": (
-        "otel_sdk_span_started_total", OTEL_SDK_SPAN_PROCESSED, OTEL_SDK_SPAN_EXPORTED,
+        OTEL_SDK_SPAN_PROCESSED, OTEL_SDK_SPAN_EXPORTED,
         "otel_sdk_processor_span_queue_size", "otel_sdk_processor_span_queue_capacity",
     ),
     # Temporal 1.32 history service, per execution end (no _total): workflow_timeout{namespace,

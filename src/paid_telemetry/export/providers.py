@@ -161,8 +161,10 @@ def build(
     try:
         # Every component built here reads OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED when it is made
         # (exporters, processors, and the tracer itself).
+        span_metrics = _truthy(os.environ.get(_SELF_METRICS_VAR))  # the user's own choice, read first
         with _sdk_enabled(), _sdk_self_metrics():
-            return _build_own(s, metric_readers, span_processors, log_processors, previous, built)
+            return _build_own(s, metric_readers, span_processors, log_processors, previous, built,
+                              span_metrics=span_metrics)
     except BaseException:
         for thing in reversed(built):
             with contextlib.suppress(Exception):
@@ -177,6 +179,8 @@ def _build_own(
     log_processors: Sequence[Any],
     previous: Providers | None,
     built: list[Any],
+    *,
+    span_metrics: bool = False,
 ) -> Providers:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
@@ -245,7 +249,7 @@ def _build_own(
             lp = _logger_provider(s, resource, mp, log_processors, batches)
             built.append(lp.shutdown)
     providers = Providers(
-        meter=mp.get_meter(SCOPE, VERSION), tracer=tp.get_tracer(SCOPE, VERSION), meter_provider=mp,
+        meter=mp.get_meter(SCOPE, VERSION), tracer=_tracer(tp, span_metrics), meter_provider=mp,
         tracer_provider=tp, logger_provider=lp, owned=True, endpoint=endpoint, fork_sensitive=(*periodic, *batches),
     )
     if endpoint is not None:  # the port actually bound, so configure(prometheus_port=<it>) reuses it
@@ -337,11 +341,44 @@ def _sdk_enabled() -> Iterator[None]:
             os.environ["OTEL_SDK_DISABLED"] = before
 
 
+_SELF_METRICS_VAR = "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED"
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() == "true"  # as the SDK reads it
+
+
+def _tracer(tp: Any, span_metrics: bool) -> Any:
+    """Our tracer, without the SDK's per-span otel_sdk_span_started/live counters unless the
+    user asked for them (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED=true).
+
+    Those are three metric updates on every span: ~40 µs of a ~90 µs agent-run record
+    (bench/bench.py record: 1.46x raw OTel with them, see docs/performance.md). What a lost span
+    costs an operator is already counted once per batch by the processor and exporter
+    (otel_sdk_processor_span_processed_total{error_type}, otel_sdk_exporter_span_exported_total),
+    which stay on; the SDK reads the variable when a tracer is made, so it is set for this call
+    only as the user set it.
+    """
+    before = os.environ.get(_SELF_METRICS_VAR)
+    if span_metrics:
+        os.environ[_SELF_METRICS_VAR] = "true"
+    else:
+        os.environ.pop(_SELF_METRICS_VAR, None)
+    try:
+        return tp.get_tracer(SCOPE, VERSION)
+    finally:
+        if before is None:
+            os.environ.pop(_SELF_METRICS_VAR, None)
+        else:
+            os.environ[_SELF_METRICS_VAR] = before
+
+
 @contextlib.contextmanager
 def _sdk_self_metrics() -> Iterator[None]:
-    """Have the SDK report spans and logs started, dropped and failed (otel_sdk_*) for the
-    processors built inside this block, without changing the process environment for good."""
-    var = "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED"
+    """Have the SDK report spans and logs processed, dropped and failed (otel_sdk_*) for the
+    processors and exporters built inside this block, without changing the process environment
+    for good."""
+    var = _SELF_METRICS_VAR
     before = os.environ.get(var)
     if before is None:
         os.environ[var] = "true"
