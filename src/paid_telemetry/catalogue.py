@@ -204,6 +204,8 @@ DROP_REASONS = (
     "not_utf8",          # a label with characters UTF-8 cannot encode (lone surrogates): replaced by U+FFFD
     "unrenderable",      # a series the /metrics endpoint could not render (instrument="prometheus_endpoint"): left out
     "port_in_use",       # the /metrics port was busy: this process serves on the next free one
+    "unauthorized",      # a /metrics request without valid basic-auth credentials: refused with 401
+    "tls_handshake",     # a /metrics connection whose TLS handshake failed (plaintext, untrusted cert): closed
 )
 
 

@@ -90,6 +90,12 @@ class Settings:
     # Ports tried from prometheus_port when it is busy (another worker of the same server):
     # 9464..9479 by default; past the range an ephemeral port (docs/deploying.md).
     prometheus_port_range: int = 16
+    # Optional basic auth and TLS on the embedded endpoint (docs/endpoint.md): a password and a key
+    # are files the deployment mounts, never values in code or in the environment.
+    prometheus_username: str = ""
+    prometheus_password_file: str = ""
+    prometheus_tls_cert_file: str = ""
+    prometheus_tls_key_file: str = ""
     metric_export_interval_ms: int = 10_000
     export_timeout_s: float = 5.0
     shutdown_timeout_s: float = 5.0
@@ -255,6 +261,30 @@ def _check_host(v: Any) -> str:
     return v
 
 
+def _username() -> tuple[Check, Parse]:
+    allowed = "a user name of at most 255 printable characters without ':' (empty: no basic auth)"
+
+    def check(v: Any) -> str:
+        if not isinstance(v, str) or len(v) > 255 or ":" in v or not v.isprintable():
+            raise _Bad(allowed)
+        return v.strip()
+
+    return check, check
+
+
+def _path() -> tuple[Check, Parse]:
+    allowed = "a file path (empty: off)"
+
+    def check(v: Any) -> str:
+        if isinstance(v, os.PathLike):
+            v = os.fspath(v)
+        if not isinstance(v, str) or len(v) > 4096 or "\x00" in v:
+            raise _Bad(allowed)
+        return v.strip()
+
+    return check, check
+
+
 def _check_url(v: Any) -> str:
     allowed = "an http:// or https:// URL with a host, such as http://127.0.0.1:4317"
     if not isinstance(v, str):
@@ -360,6 +390,10 @@ _SPECS: dict[str, tuple[Check, Parse | None, str | None]] = {
     "prometheus_host": (_check_host, lambda t: _check_host(t.strip()), "PAID_TELEMETRY_PROMETHEUS_HOST"),
     "prometheus_port": (*_PORT, "PAID_TELEMETRY_PROMETHEUS_PORT"),
     "prometheus_port_range": (*_int_range(1, 1024, "a number of ports"), "PAID_TELEMETRY_PROMETHEUS_PORT_RANGE"),
+    "prometheus_username": (*_username(), "PAID_TELEMETRY_PROMETHEUS_USERNAME"),
+    "prometheus_password_file": (*_path(), "PAID_TELEMETRY_PROMETHEUS_PASSWORD_FILE"),
+    "prometheus_tls_cert_file": (*_path(), "PAID_TELEMETRY_PROMETHEUS_TLS_CERT_FILE"),
+    "prometheus_tls_key_file": (*_path(), "PAID_TELEMETRY_PROMETHEUS_TLS_KEY_FILE"),
     "metric_export_interval_ms": (*_int_range(1, 86_400_000, "an integer number of milliseconds"), None),
     "export_timeout_s": (*_float_range(0.0, 3600.0, "a number of seconds", lo_open=True),
                          "PAID_TELEMETRY_EXPORT_TIMEOUT"),
@@ -578,6 +612,14 @@ def resolve(env: Mapping[str, str] | None = None, **kwargs: Any) -> Settings:
             choice = "none"  # prometheus is for metrics only
         merged[key] = choice
         src[key] = src.get("exporter", key)
+    for first, second in (("prometheus_username", "prometheus_password_file"),
+                          ("prometheus_tls_cert_file", "prometheus_tls_key_file")):
+        if bool(merged.get(first)) != bool(merged.get(second)):
+            given, missing = (first, second) if merged.get(first) else (second, first)
+            var = _SPECS[missing][2]
+            raise ConfigurationError(src.get(given, given), merged[given],
+                                     f"{missing} (or {var}) set as well", detail="they go together",
+                                     argument=not src.get(given, given).isupper())
     return Settings(**merged, sources=src)
 
 

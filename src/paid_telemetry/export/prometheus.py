@@ -14,13 +14,18 @@ reader and a small, bounded HTTP server.
 - The HTTP server waits for a request's first bytes without a thread (half-open clients
   cost a socket, not a thread), runs at most ``max_threads`` handlers, closes clients that
   stay silent past ``read_timeout_s``, answers HEAD, and logs client disconnects at debug.
+- Optional basic auth (password from a file, compared in constant time) and TLS (the handshake
+  runs in the same selector loop, so a client that stalls it costs no thread); refusals are
+  counted as ``unauthorized`` / ``tls_handshake`` in paid_telemetry_dropped_records_total.
 """
 
 from __future__ import annotations
 
+import base64
 import bisect
 import contextlib
 import errno
+import hmac
 import io
 import json
 import logging
@@ -28,10 +33,12 @@ import math
 import re
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -480,9 +487,41 @@ class EmbeddedPrometheusReader(MetricReader):
 
 
 # -- the HTTP server ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Access:
+    """Basic-auth credentials the endpoint accepts (docs/endpoint.md, "Auth and TLS")."""
+
+    username: str
+    password: bytes
+
+    @classmethod
+    def from_file(cls, username: str, password_file: str) -> Access:
+        """The password is the file's content without its trailing newline (as Prometheus'
+        ``password_file`` reads it)."""
+        with open(password_file, "rb") as f:
+            password = f.read().rstrip(b"\r\n")
+        if not password:
+            raise ValueError(f"{password_file} is empty")
+        return cls(username, password)
+
+    def allows(self, header: str | None) -> bool:
+        expected = b"Basic " + base64.b64encode(self.username.encode() + b":" + self.password)
+        given = (header or "").strip().encode("utf-8", "replace")
+        return hmac.compare_digest(given, expected)
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server context: TLS 1.2 or newer, the certificate chain and key from files."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
 class _Handler(BaseHTTPRequestHandler):
     reader: EmbeddedPrometheusReader
     server: MetricsHTTPServer
+    access: Access | None = None
     timeout = 10.0  # socket timeout for writing the answer (the server already read the request)
 
     def setup(self) -> None:
@@ -496,6 +535,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(send_body=False)
 
     def _answer(self, *, send_body: bool) -> None:
+        if self.access is not None and not self.access.allows(self.headers.get("Authorization")):
+            self.reader.report("unauthorized", f"a request from {self.client_address[0]} without valid "
+                                               "basic-auth credentials was refused (401)")
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="paid-telemetry", charset="UTF-8"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path.split("?")[0] not in ("/metrics", "/"):
             self.send_error(404)
             return
@@ -531,7 +578,11 @@ class MetricsHTTPServer(HTTPServer):
     request_queue_size = 128  # listen backlog (socketserver's default of 5 drops bursts of connects)
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *,
-                 max_threads: int = 4, read_timeout_s: float = 10.0, max_waiting: int = 1024) -> None:
+                 max_threads: int = 4, read_timeout_s: float = 10.0, max_waiting: int = 1024,
+                 tls: ssl.SSLContext | None = None, on_refused: Reporter | None = None) -> None:
+        self.tls = tls
+        self.on_refused = on_refused
+        self._shaken: set[socket.socket] = set()  # TLS connections whose handshake is done
         super().__init__(address, handler)
         self.socket.setblocking(False)  # the selector loop accepts until nothing is pending
         self.max_threads = max_threads
@@ -589,24 +640,52 @@ class MetricsHTTPServer(HTTPServer):
             if len(waiting) >= self.max_waiting:
                 self._drop(sel, waiting, next(iter(waiting)))
             conn.setblocking(False)
+            if self.tls is not None:  # the handshake happens in _read_head, as bytes arrive
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+                except (OSError, ValueError):
+                    with contextlib.suppress(OSError):
+                        conn.close()
+                    continue
             waiting[conn] = (time.monotonic() + self.read_timeout_s, addr, bytearray())
             sel.register(conn, selectors.EVENT_READ, "conn")
 
     def _read_head(self, sel: selectors.BaseSelector, waiting: dict[socket.socket, Any],
                    conn: socket.socket) -> None:
         _deadline, addr, buf = waiting[conn]
-        try:
-            data = conn.recv(8192)
-        except BlockingIOError:
+        if isinstance(conn, ssl.SSLSocket) and conn not in self._shaken:
+            try:
+                conn.do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return  # more of the handshake to come
+            except (ssl.SSLError, OSError) as exc:  # plaintext, a client that distrusts us, a reset
+                self._refused("tls_handshake", f"TLS handshake with {addr[0]} failed: {exc!r}"[:200])
+                self._drop(sel, waiting, conn)
+                return
+            self._shaken.add(conn)
+        data = bytearray()
+        while True:  # TLS may hold decrypted bytes the selector cannot see: read them all
+            try:
+                chunk = conn.recv(8192)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._drop(sel, waiting, conn)
+                return
+            data += chunk
+            if not isinstance(conn, ssl.SSLSocket) or not conn.pending() or len(data) > self.max_head:
+                break
+        if not data:
             return
-        except OSError:
-            data = b""
-        if not data or len(buf) + len(data) > self.max_head:
+        if len(buf) + len(data) > self.max_head:
             self._drop(sel, waiting, conn)
             return
         buf += data
         if b"\r\n\r\n" in buf or b"\n\n" in buf:
             waiting.pop(conn)
+            self._shaken.discard(conn)
             sel.unregister(conn)
             conn.setblocking(True)
             self._heads[conn] = bytes(buf)
@@ -616,9 +695,14 @@ class MetricsHTTPServer(HTTPServer):
         """The request head the selector loop read for ``conn`` (the handler parses it)."""
         return self._heads.pop(conn, b"")
 
-    @staticmethod
-    def _drop(sel: selectors.BaseSelector, waiting: dict[socket.socket, Any], conn: socket.socket) -> None:
+    def _refused(self, reason: str, detail: str) -> None:
+        if self.on_refused is not None:
+            with contextlib.suppress(Exception):
+                self.on_refused(reason, detail)
+
+    def _drop(self, sel: selectors.BaseSelector, waiting: dict[socket.socket, Any], conn: socket.socket) -> None:
         waiting.pop(conn, None)
+        self._shaken.discard(conn)
         with contextlib.suppress(KeyError, ValueError):
             sel.unregister(conn)
         with contextlib.suppress(OSError):
@@ -678,10 +762,13 @@ class MetricsHTTPServer(HTTPServer):
 
 
 def serve(reader: EmbeddedPrometheusReader, host: str, port: int, *, max_threads: int = 4,
-          read_timeout_s: float = 10.0) -> MetricsHTTPServer:
-    """Serve ``reader`` at http://host:port/metrics from a daemon thread."""
-    handler = type("PaidMetricsHandler", (_Handler,), {"reader": reader, "timeout": read_timeout_s})
-    server = MetricsHTTPServer((host, port), handler, max_threads=max_threads, read_timeout_s=read_timeout_s)
+          read_timeout_s: float = 10.0, access: Access | None = None,
+          tls: ssl.SSLContext | None = None) -> MetricsHTTPServer:
+    """Serve ``reader`` at http(s)://host:port/metrics from a daemon thread."""
+    handler: Any = type("PaidMetricsHandler", (_Handler,), {"reader": reader, "timeout": read_timeout_s,
+                                                            "access": access})
+    server = MetricsHTTPServer((host, port), handler, max_threads=max_threads, read_timeout_s=read_timeout_s,
+                               tls=tls, on_refused=lambda reason, detail: handler.reader.report(reason, detail))
     threading.Thread(target=server.serve_forever, name="paid-telemetry-http", daemon=True).start()
     return server
 
@@ -693,11 +780,23 @@ class Endpoint:
                  ) -> None:
         self.reader = reader
         self.server = server
-        host, port = server.server_address[:2]
-        self.port = int(port)
-        self.url = f"http://{host!s}:{port}/metrics"
+        self.port = int(server.server_address[1])
         # The port asked for, when it was busy and this endpoint serves on another one.
         self.fallback_from = requested_port if requested_port not in (None, 0, self.port) else None
+
+    @property
+    def url(self) -> str:
+        host = self.server.server_address[0]
+        return f"{'https' if self.server.tls is not None else 'http'}://{host!s}:{self.port}/metrics"
+
+    def serve(self, reader: EmbeddedPrometheusReader, access: Access | None, tls: ssl.SSLContext | None) -> None:
+        """Serve ``reader`` from now on, with this access and TLS (a reconfigure that keeps the
+        port): connections accepted from here on use them."""
+        self.reader = reader
+        handler: Any = self.server.RequestHandlerClass
+        handler.reader = reader
+        handler.access = access
+        self.server.tls = tls
 
     def close(self) -> None:
         self.server.shutdown()
@@ -712,8 +811,9 @@ class Endpoint:
 _warned_fallback = False
 
 
-def start_endpoint(host: str, port: int, *, port_range: int = 1, strict: bool = False) -> Endpoint:
-    """Start serving a new reader's metrics at http://host:port/metrics.
+def start_endpoint(host: str, port: int, *, port_range: int = 1, strict: bool = False,
+                   access: Access | None = None, tls: ssl.SSLContext | None = None) -> Endpoint:
+    """Start serving a new reader's metrics at http(s)://host:port/metrics.
 
     A busy ``port`` (the second worker of a pre-fork server) is not an error unless
     ``strict``: the next free port of ``port .. port + port_range - 1`` serves this
@@ -723,7 +823,7 @@ def start_endpoint(host: str, port: int, *, port_range: int = 1, strict: bool = 
     candidates = [port] if port == 0 else [*list(range(port, min(port + max(1, port_range), 65536))), 0]
     for candidate in candidates:
         try:
-            server = serve(reader, host, candidate)
+            server = serve(reader, host, candidate, access=access, tls=tls)
         except OSError as exc:
             # Only a busy port moves on to the next one; a host that does not resolve or is not
             # this machine's fails the same on every port (the caller turns it into a clear error).

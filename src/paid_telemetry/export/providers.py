@@ -50,6 +50,7 @@ class Providers:
     endpoint: Any = None  # the embedded /metrics server, in prometheus mode
     endpoint_at: tuple[str, int] | None = None  # the (host, port) asked for
     adopt_reader: Any = None  # a reader for the previous set-up's server, until commit()
+    endpoint_security: tuple[Any, Any] = (None, None)  # (basic-auth Access, TLS context) asked for
     fork_sensitive: tuple[Any, ...] = ()  # exporting readers and batch processors (see abandon)
 
     @property
@@ -205,11 +206,12 @@ def _build_own(
         from paid_telemetry.export.prometheus import EmbeddedPrometheusReader
 
         where = (s.prometheus_host, s.prometheus_port)
+        security = _endpoint_security(s)
         if previous is not None and previous.endpoint is not None and previous.endpoint_at == where and where[1]:
             adopt = EmbeddedPrometheusReader()  # served by the previous server once committed
             readers.append(adopt)
         else:
-            endpoint = _start_endpoint(s)
+            endpoint = _start_endpoint(s, *security)
             built.append(endpoint.close)
             readers.append(endpoint.reader)
         for reader in readers[-1:]:
@@ -257,10 +259,34 @@ def _build_own(
     elif adopt is not None and previous is not None:
         providers.endpoint_at = previous.endpoint_at
     providers.adopt_reader = adopt
+    if s.metrics_exporter == "prometheus":
+        providers.endpoint_security = security
     return providers
 
 
-def _start_endpoint(s: Settings) -> Any:
+def _endpoint_security(s: Settings) -> tuple[Any, Any]:
+    """The endpoint's basic-auth credentials and TLS context, read from their files now, so a
+    missing or unreadable file is a ConfigurationError naming the setting, not a failing scrape."""
+    from paid_telemetry.export.prometheus import Access, tls_context
+
+    access = tls = None
+    if s.prometheus_username:
+        try:
+            access = Access.from_file(s.prometheus_username, s.prometheus_password_file)
+        except (OSError, ValueError) as exc:
+            raise settings_error(s, "prometheus_password_file", "a readable file holding the password",
+                                 f"{type(exc).__name__}: {exc}") from None
+    if s.prometheus_tls_cert_file:
+        try:
+            tls = tls_context(s.prometheus_tls_cert_file, s.prometheus_tls_key_file)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise settings_error(s, "prometheus_tls_cert_file",
+                                 "a readable PEM certificate chain matching prometheus_tls_key_file",
+                                 f"{type(exc).__name__}: {exc}") from None
+    return access, tls
+
+
+def _start_endpoint(s: Settings, access: Any = None, tls: Any = None) -> Any:
     """Start the /metrics server, turning bind and name-resolution errors into a clear error."""
     import socket
 
@@ -268,7 +294,7 @@ def _start_endpoint(s: Settings) -> Any:
 
     try:
         return start_endpoint(s.prometheus_host, s.prometheus_port, port_range=s.prometheus_port_range,
-                              strict=s.strict)
+                              strict=s.strict, access=access, tls=tls)
     except socket.gaierror as exc:
         raise settings_error(s, "prometheus_host", "a host name that resolves, or an IP address, on this machine",
                              f"cannot resolve it: {exc.strerror or exc}") from None
@@ -299,7 +325,7 @@ def commit(new: Providers, previous: Providers | None) -> None:
     global providers paid-telemetry installed at ``new`` (installing them the first time)."""
     if new.adopt_reader is not None and previous is not None and previous.endpoint is not None:
         new.endpoint, previous.endpoint = previous.endpoint, None
-        _serve_reader(new.endpoint, new.adopt_reader)
+        new.endpoint.serve(new.adopt_reader, *new.endpoint_security)
         new.adopt_reader = None
     if not new.owned:
         return
@@ -321,12 +347,6 @@ def release_all_globals() -> None:
         _switch_mp.switch(None)
     if _switch_tp is not None:
         _switch_tp.switch(None)
-
-
-def _serve_reader(endpoint: Any, reader: Any) -> None:
-    """Have a running /metrics server serve ``reader`` from now on."""
-    endpoint.reader = reader
-    endpoint.server.RequestHandlerClass.reader = reader
 
 
 @contextlib.contextmanager
