@@ -121,6 +121,18 @@ def prom_value(text: str, name: str, **labels: str) -> float:
     return total
 
 
+async def scrape_settled(url: str, name: str, want: float, timeout_s: float = 15.0, **labels: str) -> str:
+    """A scrape once ``name{labels}`` reached ``want``: Core records a workflow's completion
+    after the client already has its result, so one scrape right away can still miss it.
+    The caller asserts the exact value (reaching past ``want`` returns at once, and fails there)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = scrape(url)
+        if prom_value(text, name, **labels) >= want or time.monotonic() > deadline:
+            return text
+        await asyncio.sleep(0.1)
+
+
 # -- import hygiene (no server) ----------------------------------------------------------------
 def test_import_paid_telemetry_does_not_import_temporalio() -> None:
     code = "import sys, paid_telemetry; print('temporalio' in sys.modules)"
@@ -347,7 +359,8 @@ async def test_sdk_metrics_prometheus_mode(tel: Captured, server: Service) -> No
     async with worker(client, tq):
         for i in range(2):
             await client.execute_workflow(app.HelloWorkflow.run, str(i), id=wid("sdk"), task_queue=tq)
-        text = scrape(f"http://127.0.0.1:{port}/metrics")
+        text = await scrape_settled(f"http://127.0.0.1:{port}/metrics", "temporal_workflow_completed", 2,
+                                    task_queue=tq, workflow_type="HelloWorkflow")
     families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
     for name in SDK_METRICS:
         assert name in families, f"{name} missing from {sorted(families)}"

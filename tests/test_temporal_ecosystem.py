@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from datetime import timedelta
 
@@ -101,7 +102,11 @@ async def test_two_workers_sdk_metrics_ports_do_not_collide(server: Any, monkeyp
                           workflow_runner=sandbox_runner()):
             assert await client.execute_workflow(OkWorkflow.run, "t", id=f"wf-{uuid.uuid4().hex[:8]}",
                                                  task_queue=queue) == "t"
-        second_body = scrape(f"http://127.0.0.1:{base + 1}/metrics")
+        pattern = rf'temporal_workflow_completed\w*\{{[^}}]*task_queue="{queue}"'
+        deadline = time.monotonic() + 15  # Core may record the completion after the client has the result
+        while not re.search(pattern, second_body := scrape(f"http://127.0.0.1:{base + 1}/metrics")) \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
         assert re.search(rf'temporal_workflow_completed\w*\{{[^}}]*task_queue="{queue}"', second_body), second_body
         assert queue not in scrape(f"http://127.0.0.1:{base}/metrics")  # each worker on its own port
         del first

@@ -17,7 +17,7 @@ import paid_telemetry
 from paid_telemetry.temporal import SANDBOX_PASSTHROUGH, Plugin, TelemetryInterceptor, temporal_runtime
 from paid_telemetry_ops.services import Service, free_port
 from tests import temporal_app as app
-from tests.test_temporal import Captured, address, prom_value, scrape
+from tests.test_temporal import Captured, address, prom_value, scrape_settled
 
 
 @pytest.fixture
@@ -56,7 +56,8 @@ async def test_one_line_plugin_records_metrics_spans_and_sdk_metrics(tel: Captur
         for i in range(2):
             assert await client.execute_workflow(
                 app.HelloWorkflow.run, str(i), id=f"plugin-{uuid.uuid4().hex[:8]}", task_queue=tq) == f"hello {i}"
-        text = scrape(f"http://127.0.0.1:{port}/metrics")
+        text = await scrape_settled(f"http://127.0.0.1:{port}/metrics", "temporal_workflow_completed", 2,
+                                    task_queue=tq, workflow_type="HelloWorkflow")
     assert tel.series("paid_workflow_started") == {("HelloWorkflow",): 2}
     assert tel.series("paid_workflow_completed") == {("completed", "HelloWorkflow"): 2}
     assert tel.series("paid_activity_executions") == {("greet", "completed"): 2}
