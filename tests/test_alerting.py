@@ -254,7 +254,11 @@ MUTATIONS = [
     ("watchers.yml", 'increase(otel_sdk_exporter_span_exported_total{error_type!=""}[10m])',
      "increase(otel_sdk_exporter_span_exported_total[10m])"),
     # Absence: a collector nobody ever pushed to has no accepted_* series; a new worker's first runs count.
-    ("watchers.yml", "or sum by (job, instance) (otelcol_process_uptime) * 0", ""),
+    ("watchers.yml", 'or sum by (job, instance) (otelcol_process_uptime{job!="otel-gateway-self"}) * 0', ""),
+    # ...but a gateway without metrics routed to it is no outage (scale topology)
+    ("watchers.yml", 'otelcol_process_uptime{job!="otel-gateway-self"}', "otelcol_process_uptime"),
+    ("watchers.yml", 'otelcol_receiver_accepted_metric_points{job!="otel-gateway-self"}',
+     "otelcol_receiver_accepted_metric_points"),
     ("agents.yml", '(paid_agent_runs_total{status="completed"} unless paid_agent_runs_total{status="completed"} '
                    'offset 15m)', '(paid_agent_runs_total unless paid_agent_runs_total)'),
     ("agents.yml", 'offset 15m)) >= 60', 'offset 15m)) >= 30'),

@@ -332,3 +332,125 @@ def test_store_behind_prometheus_holds_the_exact_totals(tmp_path: Path) -> None:
             return out if out == want else None
 
         assert wait_for(in_store, timeout=30, what="the runs in VictoriaMetrics") == want
+
+
+# -- the scale topology as users start it: `stack up --scale` and the compose profile's secrets ------
+PUSH = """
+import sys
+import paid_telemetry as pt
+endpoint, project, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+pt.configure(service_name="paid-scale-e2e", exporter="otlp", otlp_endpoint=endpoint, handle_sigterm=False)
+for _ in range(n):
+    pt.record_pull_request("merged", project_id=project)
+pt.shutdown()
+"""
+
+
+def exposed(metrics_url: str, project: str) -> float | None:
+    """The merged-PR count of ``project`` a collector's Prometheus exporter shows, None if absent."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+        lines = resp.read().decode().splitlines()
+    values = [float(line.rsplit(" ", 1)[1]) for line in lines
+              if line.startswith("paid_pull_requests_total{") and f'project_id="{project}"' in line]
+    assert len(values) <= 1, values
+    return values[0] if values else None
+
+
+def push_counter(endpoint: str, project: str, n: int) -> None:
+    """One SDK process (exporter="otlp" to ``endpoint``) counts ``n`` merged PRs for ``project`` and exits."""
+    subprocess.run([sys.executable, "-c", PUSH, endpoint, project, str(n)], cwd=REPO, check=True, timeout=60,
+                   capture_output=True)
+
+
+def test_stack_scale_carries_an_exact_counter_through_agent_and_gateways(tmp_path: Path) -> None:
+    """`Stack(scale=True)` (what `paid-telemetry stack up --scale` runs): SDK -> agent -> TLS + token ->
+    gateways -> Prometheus (scraping both, config generated from prometheus-scale.yml) -> VictoriaMetrics."""
+    from urllib.parse import urlencode
+
+    from paid_telemetry_ops.stack import Stack
+
+    t0 = time.monotonic()
+    with Stack(tmp_path / "stack", scale=True, temporal=False, jaeger=False, alertmanager=False,
+               victoriametrics=True) as s:
+        assert {"gateway-1", "gateway-2", "agent"} <= set(s.services) and "collector" not in s.services
+        assert s.otlp_endpoint == f"http://127.0.0.1:{s.services['agent'].ports['otlp_grpc']}"
+        agent_env = s.services["agent"].env
+        for i in (1, 2):  # the agent sends to both gateways, over TLS with the token they check
+            gw = s.services[f"gateway-{i}"]
+            assert f"127.0.0.1:{gw.ports['otlp_grpc']}" in agent_env["GATEWAY_ENDPOINTS"]
+            assert gw.env["OTLP_TOKEN_FILE"] == agent_env["GATEWAY_TOKEN_FILE"]
+        generated = yaml.safe_load((tmp_path / "stack" / "prometheus" / "prometheus.yml").read_text())
+        jobs = {j["job_name"]: sorted(t for sc in j["static_configs"] for t in sc["targets"])
+                for j in generated["scrape_configs"]}
+        assert jobs["otel-collector"] == sorted(u.split("/")[2] for u in s.gateway_metrics_urls)
+        assert jobs["otel-collector-self"] == [f"127.0.0.1:{s.ports['agent_self']}"]
+        assert len(jobs["otel-gateway-self"]) == 2
+        assert generated["remote_write"] == [{"url": f"{s.store_url}/api/v1/write"}]
+        every = {(job, t) for job, ts in jobs.items() for t in ts}
+        assert len(every) == 7  # 2 gateways' exporters and self metrics, the agent's, Prometheus, the store
+        wait_for(lambda: every == {(x["metric"]["job"], x["metric"]["instance"]) for x in get_json(
+            f"{s.prometheus_url}/api/v1/query?query=up%3D%3D1")["data"]["result"]} or None,
+            timeout=20, what="every target up")
+        started = time.monotonic() - t0
+
+        push_counter(s.otlp_endpoint, "scale-e2e", 7)
+        expr = 'paid_pull_requests_total{job="paid-scale-e2e"}'
+        want = {(("event", "merged"), ("project_id", "scale-e2e")): 7.0}
+        wait_for(lambda: series(s.prometheus_url, expr) == want or None, timeout=30,
+                 what=f"7 merged PRs in Prometheus (last: {series(s.prometheus_url, expr)})")
+        seen = time.monotonic() - t0
+        # no single collector runs: the value came through the gateways, all of it through exactly one
+        # (the agent routes metrics by resource)
+        assert sorted(exposed(url, "scale-e2e") or 0.0 for url in s.gateway_metrics_urls) == [0.0, 7.0]
+
+        def in_store() -> dict[Any, float] | None:
+            q = urlencode({"query": expr, "latency_offset": "1ms", "nocache": "1"})
+            result = get_json(f"{s.store_url}/api/v1/query?{q}")["data"]["result"]
+            out = {tuple(sorted((k, v) for k, v in r["metric"].items()
+                                if k not in ("__name__", "job", "instance", "monitor"))): float(r["value"][1])
+                   for r in result}
+            return out if out == want else None
+
+        assert wait_for(in_store, timeout=30, what="the 7 PRs in VictoriaMetrics") == want
+    print(f"\nstack --scale: up in {started:.1f}s ({len(every)} targets up), counter in Prometheus at {seen:.1f}s, "
+          f"in the store at {time.monotonic() - t0:.1f}s")
+
+
+def test_documented_secret_files_link_a_real_agent_and_gateway(tmp_path: Path) -> None:
+    """The openssl commands of docs/docker-compose.md (the compose scale profile's secrets) make a CA,
+    certificate, key and token that the real collectors accept: the agent checks the name
+    `otel-gateway` (as in compose) and a counter crosses the link exactly."""
+    from tests.test_compose import scale_secrets_script
+
+    script = "\n".join(line for line in scale_secrets_script().splitlines() if not line.startswith("sudo "))
+    subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, check=True, timeout=60,
+                   capture_output=True)
+    sec = tmp_path / "secrets"
+    assert sorted(p.name for p in sec.iterdir()) == sorted(
+        ["gateway_ca.key", "gateway_ca_crt", "gateway_tls_crt", "gateway_tls_key", "otlp_token"])
+    started: list[Service] = []
+    try:
+        gw = start(lambda: gateway_service(tmp_path, token_file=sec / "otlp_token", cert_file=sec / "gateway_tls_crt",
+                                           key_file=sec / "gateway_tls_key", jaeger_otlp=f"127.0.0.1:{free_port()}"),
+                   started)
+
+        def agent(server_name: str) -> Service:
+            svc = agent_service(tmp_path, gateways=[f"127.0.0.1:{gw.ports['otlp_grpc']}"],
+                                token_file=sec / "otlp_token", ca_file=sec / "gateway_ca_crt", name=server_name)
+            svc.env["GATEWAY_TLS_SERVER_NAME"] = server_name
+            return svc
+
+        ag = start(lambda: agent("otel-gateway"), started)  # docker-compose.yml's value
+        push_counter(f"http://127.0.0.1:{ag.ports['otlp_grpc']}", "docs-pki", 5)
+        url = f"http://127.0.0.1:{gw.ports['prometheus']}/metrics"
+        assert wait_for(lambda: exposed(url, "docs-pki"), timeout=30, what="the counter on the gateway") == 5.0
+        assert metric_sum(self_metrics(ag), "otelcol_exporter_send_failed_metric_points") == 0
+        # control: the name is checked for real; an agent expecting another one is refused the handshake
+        other = start(lambda: agent("not-the-gateway"), started)
+        push_counter(f"http://127.0.0.1:{other.ports['otlp_grpc']}", "wrong-name", 3)
+        wait_for(lambda: "x509: certificate is valid for otel-gateway, otel-gateway-1, otel-gateway-2, "
+                         "not not-the-gateway" in other.tail(200) or None, timeout=20, what="the refused handshake")
+        assert exposed(url, "wrong-name") is None
+    finally:
+        for svc in reversed(started):
+            svc.stop()

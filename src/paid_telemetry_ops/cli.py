@@ -15,7 +15,7 @@ from paid_telemetry_ops import assets
 from paid_telemetry_ops.services import MissingBinary
 
 # Optional packages -> the extra that brings them (pyproject.toml).
-_EXTRAS = {"yaml": "ops", "grafana_foundation_sdk": "ops",
+_EXTRAS = {"yaml": "ops", "grafana_foundation_sdk": "ops", "cryptography": "ops",
            "temporalio": "demo", "httpx": "demo", "uvicorn": "demo", "starlette": "demo",
            "opentelemetry": "demo"}
 
@@ -32,14 +32,16 @@ def _cmd_stack(args: argparse.Namespace) -> int:
         if stack.saved_status(workdir):
             print(f"a stack is already recorded in {workdir}; run `paid-telemetry stack down` first", file=sys.stderr)
             return 1
-        s = stack.Stack(workdir, node_exporter=True, victoriametrics=args.store, scrape_interval="5s",
-                        evaluation_interval="5s").up()
+        s = stack.Stack(workdir, node_exporter=True, victoriametrics=args.store, scale=args.scale,
+                        scrape_interval="5s", evaluation_interval="5s").up()
         s.save()
         for svc in s.services.values():
             svc.proc = None  # keep them running after this process exits
+        metrics = {"gateway_metrics": s.gateway_metrics_urls} if args.scale else {
+            "collector_metrics": s.collector_metrics_url}
         print(json.dumps({
             "prometheus": s.prometheus_url, "jaeger": s.jaeger_url, "alertmanager": s.alertmanager_url,
-            "otlp": s.otlp_endpoint, "temporal": s.temporal_address, "collector_metrics": s.collector_metrics_url,
+            "otlp": s.otlp_endpoint, "temporal": s.temporal_address, **metrics,
             **({"victoriametrics": s.store_url} if args.store else {}),
         }, indent=2))
         print(f"export OTEL_EXPORTER_OTLP_ENDPOINT={s.otlp_endpoint}", file=sys.stderr)
@@ -107,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("action", choices=["up", "down", "status"])
     st.add_argument("--store", action="store_true",
                     help="also VictoriaMetrics, fed by Prometheus' remote_write (docs/scaling.md)")
+    st.add_argument("--scale", action="store_true",
+                    help="an agent collector in front of two gateways (TLS + token) instead of the single "
+                         "collector; otlp is the agent's (docs/scaling.md)")
     st.set_defaults(func=_cmd_stack)
     dash = sub.add_parser("dashboards", help="regenerate the Grafana dashboards from paid_telemetry_ops.dashboards")
     dash.add_argument("directory", nargs="?", default=None,

@@ -4,9 +4,10 @@ paid_telemetry_ops.assets).
 
 Prometheus gets a config *generated* from ``prometheus/prometheus.yml`` (targets rewritten
 to loopback ports, jobs without a local process dropped), so there is one truth for
-docker-compose and for this stack. ``paid-telemetry stack up`` keeps it running in the
-background (state in ``state.json`` under :func:`paid_telemetry_ops.assets.state_dir`);
-tests use :class:`Stack` as a context manager.
+docker-compose and for this stack (``prometheus/prometheus-scale.yml`` for the ``scale``
+topology: an agent collector in front of two gateways, docs/scaling.md).
+``paid-telemetry stack up`` keeps it running in the background (state in ``state.json`` under
+:func:`paid_telemetry_ops.assets.state_dir`); tests use :class:`Stack` as a context manager.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from paid_telemetry_ops.services import (
 )
 
 YAML_HINT = "pip install 'paid-telemetry[ops]'  (or: pip install pyyaml)"
+CRYPTOGRAPHY_HINT = "pip install 'paid-telemetry[ops]'  (or: pip install cryptography)"
 
 
 class MissingDependency(RuntimeError):
@@ -53,13 +55,24 @@ _TARGETS = {
     "alertmanager:9093": "alertmanager",
     "jaeger:8888": "jaeger_metrics",
     "host.docker.internal:9100": "node_exporter",  # compose: node-exporter on the host network
+    # prometheus/prometheus-scale.yml (the compose ``scale`` profile; Stack(scale=True))
+    "otel-gateway-1:8889": "gateway_1_prometheus",
+    "otel-gateway-1:8888": "gateway_1_self",
+    "otel-gateway-2:8889": "gateway_2_prometheus",
+    "otel-gateway-2:8888": "gateway_2_self",
+    "otel-agent:8888": "agent_self",
+    "victoriametrics:8428": "victoriametrics",
 }
+PROMETHEUS_CONFIG = "prometheus/prometheus.yml"
+PROMETHEUS_SCALE_CONFIG = "prometheus/prometheus-scale.yml"
 
 
 def prometheus_config(ports: dict[str, int], rules_dir: Path, *, scrape_interval: str | None = None,
-                      evaluation_interval: str | None = None) -> dict[str, Any]:
-    """prometheus/prometheus.yml with targets on loopback; jobs without a local target are dropped."""
-    cfg: dict[str, Any] = _yaml().safe_load(assets.path("prometheus/prometheus.yml").read_text())
+                      evaluation_interval: str | None = None, source: str = PROMETHEUS_CONFIG) -> dict[str, Any]:
+    """``source`` (a compose Prometheus config) with targets on loopback; jobs without a local
+    target are dropped, and so is its ``remote_write`` (the caller adds the local store's)."""
+    cfg: dict[str, Any] = _yaml().safe_load(assets.path(source).read_text())
+    cfg.pop("remote_write", None)
     if scrape_interval:
         cfg["global"]["scrape_interval"] = scrape_interval
     if evaluation_interval:
@@ -95,6 +108,9 @@ class Stack:
     # VictoriaMetrics as the long-term store, fed by Prometheus' remote_write (docs/scaling.md)
     victoriametrics: bool = False
     retention: str = "15d"
+    # An agent collector in front of two gateways over TLS + bearer token instead of the single
+    # collector: the compose ``scale`` profile's topology (docs/scaling.md)
+    scale: bool = False
     scrape_interval: str = "2s"
     evaluation_interval: str = "2s"
     ports: dict[str, int] = field(default_factory=dict)
@@ -103,6 +119,7 @@ class Stack:
     # -- addresses ---------------------------------------------------------------------
     @property
     def otlp_endpoint(self) -> str:
+        """Where SDKs send OTLP gRPC: the collector, or with ``scale`` the agent."""
         return f"http://127.0.0.1:{self.ports['otlp_grpc']}"
 
     @property
@@ -124,7 +141,14 @@ class Stack:
 
     @property
     def collector_metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['collector_prometheus']}/metrics"
+        """The collector's Prometheus exporter; with ``scale`` the first gateway's (each has its share)."""
+        port = self.ports.get("collector_prometheus") or self.ports["gateway_1_prometheus"]
+        return f"http://127.0.0.1:{port}/metrics"
+
+    @property
+    def gateway_metrics_urls(self) -> list[str]:
+        """``scale``: every gateway's Prometheus exporter (what Prometheus scrapes in job otel-collector)."""
+        return [f"http://127.0.0.1:{self.ports[f'gateway_{i}_prometheus']}/metrics" for i in (1, 2)]
 
     @property
     def temporal_address(self) -> str:
@@ -141,7 +165,10 @@ class Stack:
         try:
             if self.jaeger:
                 self._start_jaeger()
-            self._start_collector()
+            if self.scale:
+                self._start_tiers()
+            else:
+                self._start_collector()
             if self.temporal:
                 self._start_temporal()
             if self.alertmanager:
@@ -192,6 +219,28 @@ class Stack:
     def _start_collector(self) -> None:
         self.services["collector"] = self.collector_service().start()
 
+    def _start_tiers(self) -> None:
+        """Two gateways and an agent in front of them (otel-collector/gateway.yaml, agent.yaml), with a
+        throw-away CA, certificate and token in the work dir; SDKs send to the agent (``otlp_endpoint``)."""
+        try:
+            from paid_telemetry_ops.pki import make_pki, secret_file
+        except ImportError as exc:
+            raise MissingDependency(f"the scale topology needs cryptography: {CRYPTOGRAPHY_HINT}") from exc
+        pki = make_pki(self.workdir / "pki", "paid-stack", valid_days=365)  # outlives a background stack
+        _, token = secret_file(self.workdir / "pki" / "otlp.token")
+        jaeger_otlp = f"127.0.0.1:{self._port('jaeger_otlp')}"
+        endpoints = []
+        for i in (1, 2):
+            gw = gateway_service(self.workdir, token_file=token, cert_file=pki.cert, key_file=pki.key,
+                                 jaeger_otlp=jaeger_otlp, name=f"gateway-{i}")
+            self.services[gw.name] = gw.start()
+            self.ports.update({f"gateway_{i}_{k}": v for k, v in gw.ports.items()})
+            endpoints.append(f"127.0.0.1:{gw.ports['otlp_grpc']}")
+        agent = agent_service(self.workdir, gateways=endpoints, token_file=token, ca_file=pki.ca_cert)
+        self.services[agent.name] = agent.start()
+        self.ports.update({f"agent_{k}": v for k, v in agent.ports.items()})
+        self.ports.update(otlp_grpc=agent.ports["otlp_grpc"], otlp_http=agent.ports["otlp_http"])
+
     def _start_jaeger(self) -> None:
         svc = jaeger_service(self.workdir, ports={k: self._port(k) for k in _JAEGER_PORTS})
         self.services["jaeger"] = svc.start()
@@ -233,7 +282,8 @@ class Stack:
         wd.mkdir(parents=True, exist_ok=True)
         port = self._port("prometheus")
         cfg = prometheus_config(self.ports, assets.path("prometheus/rules"),
-                                scrape_interval=self.scrape_interval, evaluation_interval=self.evaluation_interval)
+                                scrape_interval=self.scrape_interval, evaluation_interval=self.evaluation_interval,
+                                source=PROMETHEUS_SCALE_CONFIG if self.scale else PROMETHEUS_CONFIG)
         if "victoriametrics" in self.ports:
             cfg["remote_write"] = [{"url": f"{self.store_url}/api/v1/write"}]
         (wd / "prometheus.yml").write_text(_yaml().safe_dump(cfg, sort_keys=False))
@@ -256,6 +306,7 @@ class Stack:
     def save(self) -> None:
         state = {
             "workdir": str(self.workdir),
+            "scale": self.scale,
             "ports": self.ports,
             "pids": {n: s.proc.pid for n, s in self.services.items() if s.proc is not None},
         }
