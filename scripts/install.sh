@@ -55,5 +55,6 @@ fi
 if [ "${PAID_TELEMETRY_SKIP_GO:-0}" != "1" ]; then
   bash scripts/build-collector.sh >/dev/null
   bash scripts/build-prometheus3.sh >/dev/null   # Prometheus 3 for tests/test_alerting.py
+  bash scripts/build-thanos.sh >/dev/null        # the sharded store of docs/scaling.md (tests/test_thanos.py)
 fi
 echo "install: ok" >&2

@@ -1,7 +1,8 @@
 """Every dashboard query against a real Prometheus: no errors, data where the SDK feeds it,
 and each answers within the record's 2 seconds over a backfilled week of history. The same
-live queries also run against VictoriaMetrics, the scalable store Prometheus remote-writes to
-(docs/scaling.md): dashboards work unchanged on either.
+live queries also run against the stores Prometheus remote-writes to (docs/scaling.md):
+VictoriaMetrics, and Thanos (two receivers sharing the series in a hashring, read through
+`thanos query`): dashboards work unchanged on each.
 
 Real services, all on 127.0.0.1: Prometheus (1 s scrapes), the SDK's embedded /metrics
 endpoint, prometheus-node-exporter, our collector build (its own telemetry, and the Temporal
@@ -45,7 +46,7 @@ from paid_telemetry_ops.services import (
     tcp_ok,
     temporal_server,
 )
-from paid_telemetry_ops.stack import victoriametrics_service
+from paid_telemetry_ops.stack import thanos_store, victoriametrics_service
 from tests.promapi import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -245,12 +246,14 @@ class Live:
     url: str
     services: list[Service]
     store: str  # VictoriaMetrics, fed by Prometheus' remote_write
+    thanos: str  # thanos query over two receivers, fed by the same remote_write
 
     def base(self, backend: str) -> str:
-        return self.url if backend == "prometheus" else self.store
+        return {"prometheus": self.url, "victoriametrics": self.store, "thanos": self.thanos}[backend]
 
 
-BACKENDS = ("prometheus", "victoriametrics")
+BACKENDS = ("prometheus", "victoriametrics")  # the backfilled week: Prometheus' TSDB and VictoriaMetrics
+LIVE_BACKENDS = (*BACKENDS, "thanos")
 
 
 @pytest.fixture(scope="module")
@@ -292,11 +295,16 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         vm = victoriametrics_service(work, fresh=True)
         services.append(vm.start(60))
         store = f"http://127.0.0.1:{vm.ports['http']}"
+        thanos = thanos_store(work)
+        for svc in thanos.services:
+            services.append(svc.start(60))
         dead_target = free_port()
         config = f"""
 global: {{scrape_interval: 1s, evaluation_interval: 1s}}
 remote_write:
   - url: {store}/api/v1/write
+    queue_config: {{batch_send_deadline: 1s}}
+  - url: {thanos.write_url}
     queue_config: {{batch_send_deadline: 1s}}
 scrape_configs:
   - job_name: paid
@@ -346,15 +354,18 @@ groups:
         while time.monotonic() < deadline:
             if driver.error is not None:
                 raise driver.error
-            if all(bench.has_finite_value(bench.instant(u, e)) for e in ready_exprs for u in (url, store)):
+            if all(bench.has_finite_value(bench.instant(u, e)) for e in ready_exprs
+                   for u in (url, store, thanos.query_url)):
                 break
             time.sleep(1)
         else:
-            pytest.fail(f"Prometheus or VictoriaMetrics never saw the workload ({driver.rounds} Temporal rounds):\n"
-                        + "\n".join(f"{e}: {bench.instant(url, e)} / {bench.instant(store, e)}" for e in ready_exprs)
-                        + "\n" + prom.tail() + "\n" + vm.tail())
+            pytest.fail(f"Prometheus or a store never saw the workload ({driver.rounds} Temporal rounds):\n"
+                        + "\n".join(f"{e}: {bench.instant(url, e)} / {bench.instant(store, e)} / "
+                                     f"{bench.instant(thanos.query_url, e)}" for e in ready_exprs)
+                        + "\n" + prom.tail() + "\n" + vm.tail() + "\n"
+                        + "\n".join(svc.tail() for svc in thanos.services))
         time.sleep(3)
-        yield Live(url, services, store)
+        yield Live(url, services, store, thanos.query_url)
     finally:
         stop.set()
         if driver is not None:
@@ -380,7 +391,7 @@ def source_of(expr: str) -> str:
     return "unknown: " + ", ".join(sorted(names - CATALOGUE_SERIES))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", LIVE_BACKENDS)
 def test_every_panel_query_runs_and_returns_data(live: Live, backend: str) -> None:
     base = live.base(backend)
     queries = bench.panel_queries()
@@ -418,7 +429,7 @@ def test_expected_empty_panels_are_only_external_exporters() -> None:
         assert src == "cadvisor", (key, src, reason)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", LIVE_BACKENDS)
 def test_values_match_the_workload(live: Live, backend: str) -> None:
     """Spot-check that panels compute what they say, not just 'some data'."""
     url = live.base(backend)
@@ -445,7 +456,7 @@ def test_values_match_the_workload(live: Live, backend: str) -> None:
     assert [d["metric"]["job"] for d in down] == ["unreachable"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", LIVE_BACKENDS)
 def test_variables_list_values(live: Live, backend: str) -> None:
     url = live.base(backend)
     for uid, name, selector, label in bench.variable_queries():
@@ -459,7 +470,7 @@ def test_variables_list_values(live: Live, backend: str) -> None:
     assert projects == sorted(PROJECTS)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", LIVE_BACKENDS)
 def test_every_rule_expression_runs(live: Live, backend: str) -> None:
     """Prometheus evaluates the rules (docs/scaling.md says why); their expressions still run
     unchanged on the store, e.g. for Grafana panels or vmalert later."""

@@ -28,6 +28,7 @@ SHIPPED = (
     "docker-compose.yml",
     ".env.example",
     "scripts/build-collector.sh",
+    "scripts/build-thanos.sh",
 )
 REPO = Path(__file__).resolve().parents[2]  # the checkout root when running from src/
 PACKAGED = Path(__file__).resolve().parent / "_assets"

@@ -39,6 +39,7 @@ INSTALL_HINTS = {
     "jaeger": "built by scripts/build-collector.sh with the collector (needs Go), or set PAID_JAEGER_BIN",
     "victoria-metrics": "built by scripts/build-collector.sh with the collector (needs Go), "
                         "or set PAID_VICTORIAMETRICS_BIN",
+    "thanos": "bash scripts/build-thanos.sh (needs Go >= 1.26; scripts/install.sh runs it), or set PAID_THANOS_BIN",
     "prometheus-node-exporter": "apt-get install -y prometheus-node-exporter",
     "prometheus-postgres-exporter": "apt-get install -y prometheus-postgres-exporter",
     "initdb": "apt-get install -y postgresql  (initdb lives in /usr/lib/postgresql/<version>/bin)",
@@ -58,19 +59,22 @@ def find_binary(name: str) -> str:
 
 
 def built_binary(kind: str) -> str:
-    """The collector, Jaeger or VictoriaMetrics binary from scripts/build-collector.sh (built there if missing).
+    """The collector, Jaeger or VictoriaMetrics binary from scripts/build-collector.sh, or Thanos from
+    scripts/build-thanos.sh (built there if missing).
 
     The script is the checkout's or the wheel's copy (paid_telemetry_ops.assets); it writes only
     to the cache directory.
     """
-    key = {"otelcol-paid": "OTELCOL", "jaeger": "JAEGER", "victoria-metrics": "VICTORIAMETRICS"}[kind]
+    key = {"otelcol-paid": "OTELCOL", "jaeger": "JAEGER", "victoria-metrics": "VICTORIAMETRICS",
+           "thanos": "THANOS"}[kind]
     env_var = {"otelcol-paid": "PAID_OTELCOL_BIN", "jaeger": "PAID_JAEGER_BIN",
-               "victoria-metrics": "PAID_VICTORIAMETRICS_BIN"}[kind]
+               "victoria-metrics": "PAID_VICTORIAMETRICS_BIN", "thanos": "PAID_THANOS_BIN"}[kind]
+    script = "scripts/build-thanos.sh" if kind == "thanos" else "scripts/build-collector.sh"
     if os.environ.get(env_var):
         return os.environ[env_var]
     try:
         out = subprocess.run(
-            ["bash", str(assets.path("scripts/build-collector.sh"))],
+            ["bash", str(assets.path(script))],
             check=True, capture_output=True, text=True, timeout=3600,
         ).stdout
     except (subprocess.CalledProcessError, FileNotFoundError) as exc:

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -413,6 +414,59 @@ def victoriametrics_service(workdir: Path, *, retention: str = "15d", fresh: boo
         argv += ["-search.latencyOffset=0s", "-search.disableCache"]
     url = f"http://127.0.0.1:{port}"
     return Service(name, argv, workdir / name, ready=lambda: http_ok(f"{url}/health"), ports={"http": port})
+
+
+@dataclass
+class ThanosStore:
+    """A horizontally scalable store: ``receivers`` Thanos receivers in one hashring (each series
+    lives on ``replication`` of them) behind a ``thanos query`` that serves Prometheus' query API."""
+
+    receivers: list[Service]
+    query: Service
+    write_url: str  # Prometheus' remote_write URL (any receiver routes to the right ones)
+    query_url: str  # Prometheus' query API, for Grafana and the tests
+
+    @property
+    def services(self) -> list[Service]:
+        return [*self.receivers, self.query]
+
+
+def thanos_store(workdir: Path, *, receivers: int = 2, replication: int = 1, retention: str = "15d") -> ThanosStore:
+    """Thanos receive x ``receivers`` (router and ingester at once, a static hashring file) and
+    ``thanos query`` over them, on free loopback ports (docs/scaling.md). Series are sharded by
+    their labels across the receivers; ``replication`` > 1 writes each to that many (the querier
+    then deduplicates on ``receive_replica``). Start the receivers before the querier."""
+    binary = built_binary("thanos")
+    grpc = [free_port() for _ in range(receivers)]
+    hashring = workdir / "thanos" / "hashring.json"
+    hashring.parent.mkdir(parents=True, exist_ok=True)
+    hashring.write_text(json.dumps([{"hashring": "default", "endpoints": [f"127.0.0.1:{p}" for p in grpc]}]))
+    recv: list[Service] = []
+    for i, grpc_port in enumerate(grpc):
+        http_port, write_port, capnp_port = free_port(), free_port(), free_port()
+        name = f"thanos-receive-{i + 1}"
+        recv.append(Service(name, [  # every listener on loopback (Thanos' defaults are 0.0.0.0)
+            binary, "receive", f"--grpc-address=127.0.0.1:{grpc_port}", f"--http-address=127.0.0.1:{http_port}",
+            f"--remote-write.address=127.0.0.1:{write_port}", f"--receive.capnproto-address=127.0.0.1:{capnp_port}",
+            f"--tsdb.path={workdir / 'thanos' / name}",
+            f"--tsdb.retention={retention}", f'--label=receive_replica="{i}"',
+            f"--receive.local-endpoint=127.0.0.1:{grpc_port}", f"--receive.hashrings-file={hashring}",
+            f"--receive.replication-factor={replication}", "--log.level=warn",
+        ], workdir / "thanos" / name, ready=_ready(f"http://127.0.0.1:{http_port}/-/ready"),
+            ports={"grpc": grpc_port, "http": http_port, "remote_write": write_port}))
+    qhttp, qgrpc = free_port(), free_port()
+    query = Service("thanos-query", [
+        binary, "query", f"--http-address=127.0.0.1:{qhttp}", f"--grpc-address=127.0.0.1:{qgrpc}",
+        *(f"--endpoint=127.0.0.1:{p}" for p in grpc), "--query.replica-label=receive_replica",
+        "--log.level=warn",
+    ], workdir / "thanos" / "query", ready=lambda: http_ok(f"http://127.0.0.1:{qhttp}/-/ready"),
+        ports={"http": qhttp, "grpc": qgrpc})
+    return ThanosStore(recv, query, f"http://127.0.0.1:{recv[0].ports['remote_write']}/api/v1/receive",
+                       f"http://127.0.0.1:{qhttp}")
+
+
+def _ready(url: str) -> Callable[[], bool]:
+    return lambda: http_ok(url)
 
 
 def state_file(workdir: Path) -> Path:
