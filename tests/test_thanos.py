@@ -102,13 +102,14 @@ def test_two_receivers_shard_the_series_and_a_killed_one_loses_nothing(
     victim.kill(signal.SIGKILL)
     assert victim.proc is not None
     victim.proc.wait(10)
-    down_at = time.monotonic()
+    down_at, down_wall = time.monotonic(), time.time()
     record(1)
     time.sleep(5)
     record(1)
     time.sleep(max(0.0, 15 - (time.monotonic() - down_at)))
     during = totals(q)  # the querier answers with the live receiver's share only (partial response)
     assert 0 < len(during) < PROJECTS and during != truth, len(during)
+    back_wall = time.time()
     victim.start(60)
     assert wait_for(lambda: totals(q) == truth or None, timeout=90,
                     what="exact totals after the receiver came back") is True
@@ -116,15 +117,20 @@ def test_two_receivers_shard_the_series_and_a_killed_one_loses_nothing(
     # Not only the last values: every sample Prometheus scraped in the test reached the store
     # (the hashring answered 503 for the dead receiver's share and Prometheus re-sent the batches).
     prom_url = f"http://127.0.0.1:{prom.ports['http']}"
-    samples = f'sum(count_over_time(paid_pull_requests_total{{job="{JOB}"}}[10m]))'
+    def samples(window_s: float) -> str:
+        return f'sum(count_over_time(paid_pull_requests_total{{job="{JOB}"}}[{int(window_s * 1000)}ms]))'
 
-    def same_samples() -> tuple[float, float] | None:
-        at = time.time() - 5
-        local, stored = instant(prom_url, samples, at=at), instant(q, samples, at=at)
+    def same_samples(expr: str, at: float) -> tuple[float, float] | None:
+        local, stored = instant(prom_url, expr, at=at), instant(q, expr, at=at)
         pair = (float(local[0]["value"][1]), float(stored[0]["value"][1])) if local and stored else None
         return pair if pair is not None and pair[0] == pair[1] else None
 
-    local, _stored = wait_for(same_samples, timeout=60, what="every scraped sample in Thanos")
-    assert local >= PROJECTS * 20  # >= 20 scrapes of 200 series (the test runs > 20 s)
-    print(f"\nshares {shares}; projects visible during the outage {len(during)}; samples scraped = stored "
-          f"{local:.0f}")
+    # the outage itself (scraped every second for >= 15 s: at least 10 scrapes of every series)...
+    outage, _ = wait_for(lambda: same_samples(samples(back_wall - down_wall), back_wall), timeout=60,
+                         what="the outage's samples in Thanos")
+    assert outage >= PROJECTS * 10, outage
+    # ...and the whole test
+    local, _ = wait_for(lambda: same_samples(samples(600), time.time() - 5), timeout=60,
+                        what="every scraped sample in Thanos")
+    print(f"\nshares {shares}; projects visible during the outage {len(during)}; samples scraped = stored: "
+          f"{outage:.0f} during the outage, {local:.0f} in all")
