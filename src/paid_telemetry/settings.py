@@ -439,7 +439,7 @@ def _otel(e: Mapping[str, str], var: str, parse: Parse, default: str) -> Any:
         return None
 
 
-def _otel_bool(e: Mapping[str, str], var: str) -> bool | None:
+def otel_bool(e: Mapping[str, str], var: str) -> bool | None:
     """OTel boolean: only "true" (any case) is true; anything but "false"/empty warns."""
     raw = e.get(var, "").strip()
     if not raw:
@@ -487,7 +487,7 @@ def _otel_settings(e: Mapping[str, str], out: dict[str, Any], src: dict[str, str
             out[key] = value
             src[key] = var
 
-    disabled = _otel_bool(e, "OTEL_SDK_DISABLED")
+    disabled = otel_bool(e, "OTEL_SDK_DISABLED")
     if disabled:
         put("disabled", True, "OTEL_SDK_DISABLED")
     res = _parse_resource(e.get("OTEL_RESOURCE_ATTRIBUTES", ""))

@@ -25,7 +25,7 @@ from paid_telemetry._version import __version__ as VERSION
 from paid_telemetry.export import otlp
 from paid_telemetry.export.switch import SwitchableMeterProvider, SwitchableTracerProvider
 from paid_telemetry.guard import MAX_ATTRIBUTE_LENGTH
-from paid_telemetry.settings import ConfigurationError, Settings
+from paid_telemetry.settings import ConfigurationError, Settings, otel_bool
 from paid_telemetry.settings import error as settings_error
 
 _ATTRIBUTE_LENGTH_VARS = {"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT"}
@@ -162,7 +162,7 @@ def build(
     try:
         # Every component built here reads OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED when it is made
         # (exporters, processors, and the tracer itself).
-        span_metrics = _truthy(os.environ.get(_SELF_METRICS_VAR))  # the user's own choice, read first
+        span_metrics = otel_bool(os.environ, _SELF_METRICS_VAR) is True  # the user's choice, read first
         with _sdk_enabled(), _sdk_self_metrics():
             return _build_own(s, metric_readers, span_processors, log_processors, previous, built,
                               span_metrics=span_metrics)
@@ -362,10 +362,6 @@ def _sdk_enabled() -> Iterator[None]:
 
 
 _SELF_METRICS_VAR = "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED"
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() == "true"  # as the SDK reads it
 
 
 def _tracer(tp: Any, span_metrics: bool) -> Any:
