@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -88,10 +89,62 @@ def built_binary(kind: str) -> str:
     return path
 
 
-def free_port() -> int:
+# Ports handed out by this process: never handed out twice, even once their test socket is closed.
+_HANDED_OUT: set[int] = set()
+_PORT_RANDOM = random.Random()  # seeded from the OS: two processes pick different ports
+_LOWEST_PORT = 10000  # below: well-known and registered services (5432, 9090, 9464-9479 ...)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports_n(count: int) -> list[int]:
+    """``count`` distinct free loopback ports for services started later.
+
+    Chosen outside the kernel's ephemeral range: a port taken from that range (``bind(0)``) can be
+    taken again, before the service binds it, by any outgoing connection, including a client
+    that already retries the not-yet-started service. Ports above the ephemeral range come
+    first, then those between 10000 and its start; if neither exists, ``bind(0)`` as a last
+    resort.
+    """
+    low, high = _ephemeral_range()
+    spans = [(a, b) for a, b in ((high + 1, 65535), (_LOWEST_PORT, low - 1)) if b - a >= 1000]
+    out: list[int] = []
+    for _ in range(count):
+        port = 0
+        for _attempt in range(500):
+            if not spans:
+                break
+            a, b = spans[0] if len(spans) == 1 else _PORT_RANDOM.choice(spans)
+            candidate = _PORT_RANDOM.randint(a, b)
+            if candidate not in _HANDED_OUT and _bindable(candidate):
+                port = candidate
+                break
+        if not port:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+        _HANDED_OUT.add(port)
+        out.append(port)
+    return out
+
+
+def free_port() -> int:
+    return free_ports_n(1)[0]
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:

@@ -27,6 +27,7 @@ from paid_telemetry_ops.services import (
     built_binary,
     find_binary,
     free_port,
+    free_ports_n,
     http_ok,
     temporal_server,
 )
@@ -315,20 +316,8 @@ class Stack:
 
 
 def free_ports(names: tuple[str, ...]) -> dict[str, int]:
-    """Distinct free loopback ports, one per name: all sockets stay bound until every port is
-    chosen (one free_port() after another may hand out the same port twice)."""
-    import socket
-
-    socks = []
-    try:
-        for _ in names:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(sock)
-            sock.bind(("127.0.0.1", 0))
-        return {name: int(sock.getsockname()[1]) for name, sock in zip(names, socks, strict=True)}
-    finally:
-        for sock in socks:
-            sock.close()
+    """Distinct free loopback ports, one per name (see services.free_ports_n)."""
+    return dict(zip(names, free_ports_n(len(names)), strict=True))
 
 
 _JAEGER_PORTS = ("jaeger_otlp", "jaeger_otlp_http", "jaeger_ui", "jaeger_query_grpc", "jaeger_health",
