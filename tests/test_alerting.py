@@ -56,6 +56,7 @@ SEVERITY = {
     "CollectorExportFailing": "warning",
     "TelemetryRecordsDropped": "warning",
     "TelemetrySpansDropped": "warning",
+    "TelemetryCredentialsRefused": "warning",
     # silence is not health: absence and meta-monitoring
     "AgentRunsStopped": "critical",
     "TelemetryNotReceived": "warning",
@@ -203,6 +204,7 @@ def test_every_alert_has_fire_no_fire_and_no_traffic_cases(name: str) -> None:
     assert any(all(not exp for _, exp, _ in checks) for checks in groups.values()), f"{name}: no no-traffic case"
 
 
+DROPPED_INCREASE = 'increase(paid_telemetry_dropped_records_total{reason!~"no_usage|unauthorized|tls_handshake"}[10m])'
 MUTATIONS = [
     # (file, original, mutated): each must make promtool's unit tests fail, or the tests do not bite.
     ("agents.yml", "paid_agent_success:ratio15m < 0.5", "paid_agent_success:ratio15m < 0.2"),
@@ -241,10 +243,19 @@ MUTATIONS = [
     ("infrastructure.yml", "> on () (sum(increase(container_oom_events_total[10m])) or vector(0))",
      "> on () vector(0)"),
     ("watchers.yml", "or\n          sum by (instrument, reason) (paid_telemetry_dropped_records_total"
-                     '{reason!="no_usage"} unless paid_telemetry_dropped_records_total offset 10m) > 0', ""),
-    # the no_usage exclusion (failed LLM calls are expected, not a caller bug)
-    ("watchers.yml", 'increase(paid_telemetry_dropped_records_total{reason!="no_usage"}[10m])',
+                     '{reason!~"no_usage|unauthorized|tls_handshake"} unless paid_telemetry_dropped_records_total '
+                     "offset 10m) > 0", ""),
+    # the no_usage exclusion (failed LLM calls are expected, not a caller bug); refused scrapes are
+    # TelemetryCredentialsRefused's
+    ("watchers.yml", DROPPED_INCREASE,
+     'increase(paid_telemetry_dropped_records_total{reason!="no_usage"}[10m])'),
+    ("watchers.yml", DROPPED_INCREASE,
      "increase(paid_telemetry_dropped_records_total[10m])"),
+    # TelemetryCredentialsRefused: a refusal series new in the window counts whole; accepted calls never count.
+    ("watchers.yml", 'unless rpc_server_call_duration_count offset 10m)', "unless rpc_server_call_duration_count)"),
+    ("watchers.yml", 'increase(http_server_request_duration_count{http_response_status_code="401"}[10m])',
+     "increase(http_server_request_duration_count[10m])"),
+    ("watchers.yml", 'reason=~"unauthorized|tls_handshake"}[10m])', 'reason=~"unauthorized"}[10m])'),
     ("watchers.yml", "up == 0\n        for: 5m", "up == 0\n        for: 1m"),
     # TelemetrySpansDropped: a loss series new in the window counts whole; successful exports never count.
     ("watchers.yml", "unless otel_sdk_processor_span_processed_total offset 10m)",

@@ -338,3 +338,69 @@ def test_prometheus_scrapes_itself_and_alerts_over_authenticated_tls(monitoring:
     notifications = https_json(monitoring.prometheus + "/api/v1/alertmanagers", pki.ca_cert, monitoring.prom_auth)
     assert [am["url"] for am in notifications["data"]["activeAlertmanagers"]] == \
         [monitoring.alertmanager + "/api/v2/alerts"]
+
+
+# -- the alert on refused credentials, live -----------------------------------------------------
+def test_refused_credentials_alert_on_a_real_prometheus(gateway: Gateway, pki: Pki, tmp_path: Path) -> None:
+    """TelemetryCredentialsRefused, from the repository's rule file, evaluated by a real Prometheus
+    that scrapes a real gateway (tokens refused) and an SDK's /metrics (a wrong password): pending
+    for exactly those two targets with exactly the refusals each counted; TelemetryRecordsDropped
+    stays quiet (a refused scrape is no dropped record)."""
+    import base64
+
+    import paid_telemetry as pt
+    from paid_telemetry_ops import dashbench
+    from tests.alerting_support import RULES_DIR
+    from tests.promapi import query
+
+    _, password_file = secret_file(tmp_path / "metrics.password")
+    handle = pt.configure(exporter="prometheus", prometheus_port=0, handle_sigterm=False, service_name="api",
+                          prometheus_username="prometheus", prometheus_password_file=str(password_file))
+    prom = None
+    try:
+        sdk_url = handle.prometheus_url or ""
+        sdk_target = sdk_url.removeprefix("http://").split("/")[0]
+        gw_target = f"127.0.0.1:{gateway.svc.ports['self']}"
+        before = refusals(gateway)
+        for token in ("stale-token", None):
+            assert grpc_export(gateway.svc.ports["otlp_grpc"], pki.ca_cert, token) == grpc.StatusCode.UNAUTHENTICATED
+        for wrong in ("wrong", None):
+            req = urllib.request.Request(sdk_url)
+            if wrong is not None:
+                req.add_header("Authorization", "Basic " + base64.b64encode(f"prometheus:{wrong}".encode()).decode())
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(req, timeout=5)
+            assert refused.value.code == 401
+        # every refusal of this module's tests so far, as the gateway counts them itself
+        expected_gw = sum(wait_for(lambda: refusals(gateway) if refusals(gateway)[0] == before[0] + 2 else None,
+                                   timeout=10, what="the two refused calls counted by the gateway"))
+
+        config = yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": "otel-gateway-self", "static_configs": [{"targets": [gw_target]}]},
+                {"job_name": "api", "basic_auth": {"username": "prometheus", "password_file": str(password_file)},
+                 "static_configs": [{"targets": [sdk_target]}]},
+            ]})
+        prom = dashbench.prometheus(tmp_path / "prometheus", config,
+                                    rules=(RULES_DIR / "watchers.yml").read_text()).start(60)
+        prom_url = f"http://127.0.0.1:{prom.ports['http']}"
+        rule = next(r for g in yaml.safe_load((RULES_DIR / "watchers.yml").read_text())["groups"]
+                    for r in g["rules"] if r.get("alert") == "TelemetryCredentialsRefused")
+
+        def pending() -> set[tuple[str, str]] | None:
+            found = {(a["metric"]["job"], a["metric"]["instance"]) for a in
+                     query(prom_url, 'ALERTS{alertname="TelemetryCredentialsRefused",alertstate="pending"}')}
+            return found if len(found) == 2 else None
+
+        assert wait_for(pending, timeout=30, what="TelemetryCredentialsRefused pending") == \
+            {("otel-gateway-self", gw_target), ("api", sdk_target)}
+        values = {(r["metric"]["job"], r["metric"]["instance"]): float(r["value"][1])
+                  for r in query(prom_url, rule["expr"])}
+        assert values == {("otel-gateway-self", gw_target): expected_gw, ("api", sdk_target): 2.0}
+        assert query(prom_url, 'up{job="api"}')[0]["value"][1] == "1"  # Prometheus' own scrape passes
+        assert query(prom_url, 'ALERTS{alertname="TelemetryRecordsDropped"}') == []
+    finally:
+        if prom is not None:
+            prom.stop()
+        pt.shutdown()

@@ -71,6 +71,10 @@ EXTERNAL_METRICS: dict[str, tuple[str, ...]] = {
         "otelcol_exporter_sent_metric_points", "otelcol_exporter_sent_spans", "otelcol_exporter_sent_log_records",
         *OTELCOL_EXPORTER_FAILED, "otelcol_exporter_queue_size", "otelcol_exporter_queue_capacity",
         "otelcol_process_memory_rss", "otelcol_process_uptime",
+        # the receivers' own gRPC / HTTP server histograms (level: detailed), no unit suffix in this
+        # release; a refused bearer token is rpc_response_status_code="UNAUTHENTICATED" / HTTP 401
+        # (tests/test_secure_links.py)
+        "rpc_server_call_duration_count", "http_server_request_duration_count",
     ),
     "opentelemetry sdk (span pipeline)": (
         OTEL_SDK_SPAN_PROCESSED, OTEL_SDK_SPAN_EXPORTED,
