@@ -375,7 +375,15 @@ def test_target_down_inhibits_only_its_own_instance(tmp_path: Path) -> None:
                 return found if len(found) == 3 and all(a["status"]["state"] != "unprocessed"
                                                         for a in found.values()) else None
 
-            found = wait_until(states, "the three alerts processed by Alertmanager")
+            # The API computes a state on each read, and the inhibitor learns of the posted TargetDown
+            # asynchronously (CI once read host A's warning as "active" 40 ms after the POST): wait
+            # for the inhibition to take hold; without it this times out.
+            def inhibited() -> dict[str, dict[str, Any]] | None:
+                found = states()
+                return found if found and found["DiskUsageHigh@host-a:9100"]["status"]["state"] == "suppressed" \
+                    else None
+
+            found = wait_until(inhibited, "host A's disk warning inhibited by its TargetDown")
             source = found["TargetDown@host-a:9100"]
             assert found["DiskUsageHigh@host-a:9100"]["status"]["state"] == "suppressed"
             assert found["DiskUsageHigh@host-a:9100"]["status"]["inhibitedBy"] == [source["fingerprint"]]
