@@ -332,12 +332,11 @@ def test_settings_arguments_win_over_environment_over_defaults() -> None:
 
 
 def test_shutdown_is_bounded_with_a_dead_collector() -> None:
-    import socket
     import time
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]  # nothing listens here once closed
+    from paid_telemetry_ops.services import free_port
+
+    dead = free_port()  # nothing listens here, outside the ephemeral range: no outgoing connection lands on it
     pt.configure(exporter="otlp", otlp_endpoint=f"http://127.0.0.1:{dead}", handle_sigterm=False,
                  export_timeout_s=1.0, shutdown_timeout_s=2.0)
     for i in range(100):

@@ -452,7 +452,7 @@ def test_values_match_the_workload(live: Live, backend: str) -> None:
     assert all(float(s["value"][1]) == 10000 for s in budget)
     alerts = bench.instant(url, 'sum by (alertname, severity) (ALERTS{alertstate="firing"})')
     assert [a["metric"]["alertname"] for a in alerts] == ["Watchdog"]
-    down = bench.instant(url, "up == 0")
+    down = bench.instant(url, "max_over_time(up[15s]) == 0")  # down all along, not one slow scrape
     assert [d["metric"]["job"] for d in down] == ["unreachable"]
 
 
@@ -537,7 +537,13 @@ def test_every_query_answers_within_two_seconds_over_a_week(history: Histories, 
     queries = bench.panel_queries()
     timings = bench.time_range_queries(url, queries, {"24h": 86400, "7d": 7 * 86400}, end=hist.end)
     assert len(timings) == 2 * len(queries)
-    slow = [f"{t.query.key} [{t.range_name}]: {t.seconds:.2f}s" for t in timings if t.seconds >= TARGET_S]
+    # One timing can catch a CPU stall of the shared CI machine: a query is slow when it is slow twice.
+    first_slow = [t for t in timings if t.seconds >= TARGET_S]
+    again = {(t.query.key, t.range_name): t.seconds for t in bench.time_range_queries(
+        url, list({t.query.key: t.query for t in first_slow}.values()), {"24h": 86400, "7d": 7 * 86400},
+        end=hist.end)} if first_slow else {}
+    slow = [f"{t.query.key} [{t.range_name}]: {t.seconds:.2f}s, then {again[(t.query.key, t.range_name)]:.2f}s"
+            for t in first_slow if again[(t.query.key, t.range_name)] >= TARGET_S]
     assert not slow, "queries over the record's 2 s:\n" + "\n".join(slow)
     # The history really is there: SDK panels return series over the whole week.
     empty = {t.query.key for t in timings if t.series == 0}

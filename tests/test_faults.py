@@ -35,7 +35,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberData
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 import paid_telemetry as pt
-from paid_telemetry_ops.services import http_ok
+from paid_telemetry_ops.services import free_port, http_ok
 from paid_telemetry_ops.stack import Stack
 from tests.promapi import get_json, series, wait_for
 
@@ -44,6 +44,8 @@ pytestmark = pytest.mark.e2e
 OUTAGE_S = 30.0
 SPAN_QUEUE = 64
 EXPORT_TIMEOUT_S = 2.0
+# A record call that waited for the network would take >= 1 s (export timeouts, retry back-off).
+NOT_THE_NETWORK_S = 0.1
 METRICS_EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
 
@@ -157,11 +159,11 @@ def test_collector_killed_mid_workload_loses_no_count_and_never_blocks(
     # No call waits for the network: the export timeout is 2 s and retries back off for 1-4 s, so a
     # call that blocked on the dead collector would take >= 1 s. What a call can wait for is the GIL:
     # a background thread (span encoding, metric collection) keeps it up to one switch interval (5 ms),
-    # so p99 is bounded by two switch intervals on this shared 2-core machine, and the worst case
-    # stays far below any network timeout.
-    # On a machine busy with other work the same holds relative to the pre-outage baseline.
+    # so p99 is about two switch intervals on a quiet machine. Other processes on a busy 2-core CI
+    # machine preempt us too (p99 10-30 ms measured with three CPU hogs): the bound that tells "waited
+    # for the GIL or the CPU" from "waited for the network" is 0.1 s, ten times below any network wait.
     switch = sys.getswitchinterval()
-    assert p99 < max(2 * switch, 2 * _pct(baseline, 0.99))
+    assert p99 < max(2 * switch, 2 * _pct(baseline, 0.99), NOT_THE_NETWORK_S)
     assert worst < EXPORT_TIMEOUT_S / 4
     assert queue_len <= SPAN_QUEUE
     # ~75k spans of several kB each would be hundreds of MiB if buffered; only the queue is kept.
@@ -252,9 +254,8 @@ def _slow_grpc_server(delay_s: float) -> tuple[grpc.Server, int]:
 
 
 def _dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, outside the ephemeral range (no outgoing connection lands there)."""
+    return free_port()
 
 
 def _workload_then_timed_shutdown() -> tuple[float, float]:
@@ -303,7 +304,8 @@ def test_shutdown_is_bounded_when_the_collector_is_down_or_slow(case: str) -> No
     print(f"\n{case}: configure {configure_s * 1e3:.0f} ms, record p99 {p99 * 1e3:.3f} ms, "
           f"shutdown {shutdown_s:.2f} s (bound {bound} s, export timeout 10 s)")
     assert configure_s < 1.0
-    assert p99 < 2 * sys.getswitchinterval()  # at most a GIL hand-off from an exporter thread (see above)
+    # a GIL hand-off from an exporter thread, or the CPU taken by other processes: never the network (see above)
+    assert p99 < max(2 * sys.getswitchinterval(), NOT_THE_NETWORK_S)
     # the export timeout (10 s) is longer than the bound: only shutdown()'s own deadline can explain this
     assert shutdown_s < bound + 0.5
 
@@ -363,7 +365,8 @@ def test_prometheus_sigkill_keeps_committed_data_and_alerts_resume(fstack: Stack
         t_start = time.time() - 600
         t_kill = time.time()
         committed_before = _raw_samples(prom, sel, t_kill - 3, 600)
-        alerts_before = {k: a["state"] for k, a in _alerts(prom).items()}
+        raw_before = _alerts(prom)
+        alerts_before = {k: a["state"] for k, a in raw_before.items()}
         assert len(committed_before) >= 3
 
         fstack.services["prometheus"].kill()
@@ -409,11 +412,22 @@ def test_prometheus_sigkill_keeps_committed_data_and_alerts_resume(fstack: Stack
     # never moves back (which could fire it early): Prometheus restores it from ALERTS_FOR_STATE and,
     # as its remaining "for" (~10 m) is under --rules.alert.for-grace-period (10 m), restarts it at the
     # restore, so it waits at least the grace period after a restart.
-    assert alerts_after == alerts_before
+    # An alert of this module's stack that was pending since its start (e.g. PrometheusNotificationsFailing:
+    # the stack has no Alertmanager; for: 5m) may reach its for: during the test by the clock alone: that
+    # is no misfire, so it may be firing after if its activeAt + for had passed by then.
+    durations = {r["name"]: float(r.get("duration", 0)) for g in groups for r in g["rules"] if r["type"] == "alerting"}
+
+    def due(key: tuple[str, str]) -> bool:
+        return key in raw_before and _epoch(raw_before[key]["activeAt"]) + durations.get(key[0], 0.0) <= time.time()
+
+    matured = {k for k, v in alerts_after.items() if v == "firing" and alerts_before.get(k) == "pending" and due(k)}
+    assert {k: v for k, v in alerts_after.items() if k not in matured} == \
+        {k: v for k, v in alerts_before.items() if k not in matured}
+    assert not any(k[0] == "ExternalApiErrorRateHigh" for k in matured)
     # Only the Watchdog (the dead man's switch, always firing by design) fires, and it fires again
     watchdog = {k: v for k, v in alerts_after.items() if k[0] == "Watchdog"}
     assert list(watchdog.values()) == ["firing"]
-    assert "firing" not in [v for k, v in alerts_after.items() if k[0] != "Watchdog"]
+    assert "firing" not in [v for k, v in alerts_after.items() if k[0] != "Watchdog" and k not in matured]
     active_before, active_after = _epoch(before_alert["activeAt"]), _epoch(after_alert["activeAt"])
     assert active_before < t_kill <= active_after <= time.time()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 
-from paid_telemetry_ops.services import _ephemeral_range, free_port, free_ports_n
+from paid_telemetry_ops.services import _ephemeral_range, free_port, free_port_run, free_ports_n
 from paid_telemetry_ops.stack import free_ports
 
 
@@ -37,3 +37,15 @@ def test_outgoing_connections_do_not_land_on_a_chosen_port() -> None:
                 c.close()
     assert len(local) == 400
     assert not local & chosen
+
+
+def test_port_runs_are_consecutive_free_outside_the_range_and_never_reused() -> None:
+    low, high = _ephemeral_range()
+    bases = [free_port_run(16) for _ in range(20)]
+    ports = [b + i for b in bases for i in range(16)]
+    assert len(set(ports)) == 320
+    assert all(not low <= p <= high and p >= 10000 and p <= 65535 for p in ports)
+    assert not set(ports) & set(free_ports_n(200))
+    for p in ports[:16]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))

@@ -52,6 +52,7 @@ def counts(prom: str, metric: str, job: str, *keys: str) -> dict[tuple[str, ...]
 
 
 # -- (a) the dev server restarted with a persistent db ------------------------------------------
+TIMER_S = 20.0
 async def test_server_restart_with_persistent_db_resumes_and_counts_once(fstack: Stack, tmp_path: Path) -> None:
     n_timer, n_signal = 4, 4
     db = tmp_path / "x.db"
@@ -68,8 +69,9 @@ async def test_server_restart_with_persistent_db_resumes_and_counts_once(fstack:
         worker = Worker(client, task_queue=tq, workflows=app.WORKFLOWS, activities=app.ACTIVITIES,
                         workflow_runner=sandbox_runner())
         async with worker:
-            # timers long enough to still be pending while the server is down
-            timers = [await client.start_workflow(app.TimerWorkflow.run, 8.0, id=f"timer-{i}-{tq}", task_queue=tq)
+            # timers long enough to still be pending while the server is down, even when the wait
+            # for the started counts below takes 10 s on a loaded machine
+            timers = [await client.start_workflow(app.TimerWorkflow.run, TIMER_S, id=f"timer-{i}-{tq}", task_queue=tq)
                       for i in range(n_timer)]
             waiters = [await client.start_workflow(app.SignalWorkflow.run, id=f"signal-{i}-{tq}", task_queue=tq)
                        for i in range(n_signal)]
@@ -127,7 +129,7 @@ async def test_server_restart_with_persistent_db_resumes_and_counts_once(fstack:
     assert counts(prom, "paid_workflow_duration_seconds_count", job, "workflow_type") == expected["started"]
     # the timer workflows' durations span the outage (workflow time from start to completion)
     sums = counts(prom, "paid_workflow_duration_seconds_sum", job, "workflow_type")
-    assert sums[("TimerWorkflow",)] >= 8.0 * n_timer
+    assert sums[("TimerWorkflow",)] >= TIMER_S * n_timer
 
 
 # -- (b) a worker SIGTERMed while idle flushes its last metrics -----------------------------------

@@ -55,6 +55,7 @@ def site_files(venv: Path) -> set[str]:
             if p.relative_to(site).parts[0] in ("paid_telemetry", "paid_telemetry_ops")}
 
 
+@pytest.mark.timeout(1800)  # two pip installs (600 s + 900 s budgets) on a cold cache, then the stack
 def test_wheel_in_a_fresh_venv_runs_every_cli_verb(tmp_path: Path) -> None:
     wheel = build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -147,6 +147,23 @@ def free_port() -> int:
     return free_ports_n(1)[0]
 
 
+def free_port_run(length: int) -> int:
+    """The first of ``length`` consecutive free ports (for a server that walks a port range, like the
+    SDK's /metrics fallback), outside the ephemeral range like :func:`free_ports_n`."""
+    low, high = _ephemeral_range()
+    spans = [(a, b - length + 1) for a, b in ((high + 1, 65535), (_LOWEST_PORT, low - 1)) if b - a >= 1000]
+    for _attempt in range(500):
+        if not spans:
+            break
+        a, b = _PORT_RANDOM.choice(spans)
+        base = _PORT_RANDOM.randint(a, b)
+        run = range(base, base + length)
+        if not _HANDED_OUT.intersection(run) and all(_bindable(p) for p in run):
+            _HANDED_OUT.update(run)
+            return base
+    raise RuntimeError(f"no run of {length} free ports outside the ephemeral range {low}-{high}")
+
+
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
