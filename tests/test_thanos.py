@@ -106,25 +106,18 @@ def same_samples(prom_url: str, query_url: str, expr: str, at: float) -> tuple[f
     return pair if pair is not None and pair[0] == pair[1] else None
 
 
-def test_two_receivers_shard_the_series_and_a_killed_one_loses_nothing(
-    sharded: tuple[ThanosStore, Service, pt.Telemetry],
-) -> None:
-    store, prom, _handle = sharded
-    q = store.query_url
-    truth: dict[str, float] = {}
+def stored_per_receiver(q: str, truth: dict[str, float]) -> dict[str, int]:
+    """Record one round, wait for its exact totals through the querier; the number of series each
+    receiver holds (``receive_replica`` -> count, without deduplication)."""
     record(truth)
     assert wait_for(lambda: totals(q) == truth or None, timeout=60, what="every project's total in Thanos") \
         is True
-
-    # Sharded: each receiver holds a share of the projects' series, together all of them, none twice.
     per_receiver = instant(q, f'count by (receive_replica) (paid_pull_requests_total{{job="{JOB}"}})', dedup=False)
-    shares = {r["metric"]["receive_replica"]: int(r["value"][1]) for r in per_receiver}
-    assert set(shares) == {"0", "1"} and all(n > 0 for n in shares.values()), shares
-    assert sum(shares.values()) == PROJECTS, shares
+    return {r["metric"]["receive_replica"]: int(r["value"][1]) for r in per_receiver}
 
-    # One receiver down for 15 s while every counter moves twice: its share cannot be written, and
-    # Prometheus keeps retrying; after the restart (same data directory) the totals are exact.
-    victim = store.receivers[1]
+
+def kill_while_recording(victim: Service, truth: dict[str, float]) -> tuple[float, float]:
+    """SIGKILL ``victim``, then move every counter twice, 5 s apart; (monotonic, wall) time of the kill."""
     victim.kill(signal.SIGKILL)
     assert victim.proc is not None
     victim.proc.wait(10)
@@ -132,6 +125,24 @@ def test_two_receivers_shard_the_series_and_a_killed_one_loses_nothing(
     record(truth)
     time.sleep(5)
     record(truth)
+    return down_at, down_wall
+
+
+def test_two_receivers_shard_the_series_and_a_killed_one_loses_nothing(
+    sharded: tuple[ThanosStore, Service, pt.Telemetry],
+) -> None:
+    store, prom, _handle = sharded
+    q = store.query_url
+    truth: dict[str, float] = {}
+    # Sharded: each receiver holds a share of the projects' series, together all of them, none twice.
+    shares = stored_per_receiver(q, truth)
+    assert set(shares) == {"0", "1"} and all(n > 0 for n in shares.values()), shares
+    assert sum(shares.values()) == PROJECTS, shares
+
+    # One receiver down for 15 s while every counter moves twice: its share cannot be written, and
+    # Prometheus keeps retrying; after the restart (same data directory) the totals are exact.
+    victim = store.receivers[1]
+    down_at, down_wall = kill_while_recording(victim, truth)
     time.sleep(max(0.0, 15 - (time.monotonic() - down_at)))
     during = totals(q)  # the querier answers with the live receiver's share only (partial response)
     assert 0 < len(during) < PROJECTS and during != truth, len(during)
@@ -164,23 +175,13 @@ def test_replicated_receivers_stay_exact_while_one_is_down(
     q = store.query_url
     prom_url = f"http://127.0.0.1:{prom.ports['http']}"
     truth: dict[str, float] = {}
-    record(truth)
-    assert wait_for(lambda: totals(q) == truth or None, timeout=60, what="every project's total in Thanos") \
-        is True
     # Each series on exactly two receivers, spread over all three.
-    per_receiver = instant(q, f'count by (receive_replica) (paid_pull_requests_total{{job="{JOB}"}})', dedup=False)
-    copies = {r["metric"]["receive_replica"]: int(r["value"][1]) for r in per_receiver}
+    copies = stored_per_receiver(q, truth)
     assert set(copies) == {"0", "1", "2"} and all(n > 0 for n in copies.values()), copies
     assert sum(copies.values()) == 2 * PROJECTS, copies
 
     victim = store.receivers[2]  # not the one Prometheus writes to (in production: a load balancer)
-    victim.kill(signal.SIGKILL)
-    assert victim.proc is not None
-    victim.proc.wait(10)
-    down_at, down_wall = time.monotonic(), time.time()
-    record(truth)
-    time.sleep(5)
-    record(truth)
+    down_at, down_wall = kill_while_recording(victim, truth)
     assert wait_for(lambda: totals(q) == truth or None, timeout=30,
                     what="exact totals while a receiver is down") is True
     time.sleep(max(0.0, 15 - (time.monotonic() - down_at)))
