@@ -112,24 +112,29 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _first_port_spans(length: int) -> list[tuple[int, int]]:
+    """Where a run of ``length`` ports outside the ephemeral range may start: above it, or between
+    10000 and its start (each only if it has room for 1000 ports)."""
+    low, high = _ephemeral_range()
+    return [(a, b - length + 1) for a, b in ((high + 1, 65535), (_LOWEST_PORT, low - 1)) if b - a >= 1000]
+
+
 def free_ports_n(count: int) -> list[int]:
     """``count`` distinct free loopback ports for services started later.
 
-    Chosen outside the kernel's ephemeral range: a port taken from that range (``bind(0)``) can be
-    taken again, before the service binds it, by any outgoing connection, including a client
-    that already retries the not-yet-started service. Ports above the ephemeral range come
-    first, then those between 10000 and its start; if neither exists, ``bind(0)`` as a last
-    resort.
+    Chosen at random outside the kernel's ephemeral range: a port taken from that range
+    (``bind(0)``) can be taken again, before the service binds it, by any outgoing connection,
+    including a client that already retries the not-yet-started service. Where the ephemeral
+    range leaves no room, ``bind(0)`` as a last resort.
     """
-    low, high = _ephemeral_range()
-    spans = [(a, b) for a, b in ((high + 1, 65535), (_LOWEST_PORT, low - 1)) if b - a >= 1000]
+    spans = _first_port_spans(1)
     out: list[int] = []
     for _ in range(count):
         port = 0
         for _attempt in range(500):
             if not spans:
                 break
-            a, b = spans[0] if len(spans) == 1 else _PORT_RANDOM.choice(spans)
+            a, b = _PORT_RANDOM.choice(spans)
             candidate = _PORT_RANDOM.randint(a, b)
             if candidate not in _HANDED_OUT and _bindable(candidate):
                 port = candidate
@@ -150,8 +155,7 @@ def free_port() -> int:
 def free_port_run(length: int) -> int:
     """The first of ``length`` consecutive free ports (for a server that walks a port range, like the
     SDK's /metrics fallback), outside the ephemeral range like :func:`free_ports_n`."""
-    low, high = _ephemeral_range()
-    spans = [(a, b - length + 1) for a, b in ((high + 1, 65535), (_LOWEST_PORT, low - 1)) if b - a >= 1000]
+    spans = _first_port_spans(length)
     for _attempt in range(500):
         if not spans:
             break
@@ -161,7 +165,7 @@ def free_port_run(length: int) -> int:
         if not _HANDED_OUT.intersection(run) and all(_bindable(p) for p in run):
             _HANDED_OUT.update(run)
             return base
-    raise RuntimeError(f"no run of {length} free ports outside the ephemeral range {low}-{high}")
+    raise RuntimeError(f"no run of {length} free ports outside the ephemeral range {_ephemeral_range()}")
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
