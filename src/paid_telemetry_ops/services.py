@@ -59,6 +59,15 @@ def find_binary(name: str) -> str:
     raise MissingBinary(f"{name} not found; install it with: {INSTALL_HINTS.get(name, name)}")
 
 
+# kind -> (the KEY=path line the build script prints, the variable that points at a binary instead, the script)
+_BUILT = {
+    "otelcol-paid": ("OTELCOL", "PAID_OTELCOL_BIN", "scripts/build-collector.sh"),
+    "jaeger": ("JAEGER", "PAID_JAEGER_BIN", "scripts/build-collector.sh"),
+    "victoria-metrics": ("VICTORIAMETRICS", "PAID_VICTORIAMETRICS_BIN", "scripts/build-collector.sh"),
+    "thanos": ("THANOS", "PAID_THANOS_BIN", "scripts/build-thanos.sh"),
+}
+
+
 def built_binary(kind: str) -> str:
     """The collector, Jaeger or VictoriaMetrics binary from scripts/build-collector.sh, or Thanos from
     scripts/build-thanos.sh (built there if missing).
@@ -66,11 +75,7 @@ def built_binary(kind: str) -> str:
     The script is the checkout's or the wheel's copy (paid_telemetry_ops.assets); it writes only
     to the cache directory.
     """
-    key = {"otelcol-paid": "OTELCOL", "jaeger": "JAEGER", "victoria-metrics": "VICTORIAMETRICS",
-           "thanos": "THANOS"}[kind]
-    env_var = {"otelcol-paid": "PAID_OTELCOL_BIN", "jaeger": "PAID_JAEGER_BIN",
-               "victoria-metrics": "PAID_VICTORIAMETRICS_BIN", "thanos": "PAID_THANOS_BIN"}[kind]
-    script = "scripts/build-thanos.sh" if kind == "thanos" else "scripts/build-collector.sh"
+    key, env_var, script = _BUILT[kind]
     if os.environ.get(env_var):
         return os.environ[env_var]
     try:
@@ -119,6 +124,28 @@ def _first_port_spans(length: int) -> list[tuple[int, int]]:
     return [(a, b - length + 1) for a, b in ((high + 1, 65535), (_LOWEST_PORT, low - 1)) if b - a >= 1000]
 
 
+def _take_run(length: int) -> int | None:
+    """The first of ``length`` consecutive ports outside the ephemeral range that are free now and
+    were never handed out by this process (then they are), or None if 500 tries found none."""
+    spans = _first_port_spans(length)
+    for _attempt in range(500 if spans else 0):
+        a, b = _PORT_RANDOM.choice(spans)
+        base = _PORT_RANDOM.randint(a, b)
+        run = range(base, base + length)
+        if not _HANDED_OUT.intersection(run) and all(_bindable(p) for p in run):
+            _HANDED_OUT.update(run)
+            return base
+    return None
+
+
+def _ephemeral_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    _HANDED_OUT.add(port)
+    return port
+
+
 def free_ports_n(count: int) -> list[int]:
     """``count`` distinct free loopback ports for services started later.
 
@@ -127,25 +154,7 @@ def free_ports_n(count: int) -> list[int]:
     including a client that already retries the not-yet-started service. Where the ephemeral
     range leaves no room, ``bind(0)`` as a last resort.
     """
-    spans = _first_port_spans(1)
-    out: list[int] = []
-    for _ in range(count):
-        port = 0
-        for _attempt in range(500):
-            if not spans:
-                break
-            a, b = _PORT_RANDOM.choice(spans)
-            candidate = _PORT_RANDOM.randint(a, b)
-            if candidate not in _HANDED_OUT and _bindable(candidate):
-                port = candidate
-                break
-        if not port:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind(("127.0.0.1", 0))
-                port = int(s.getsockname()[1])
-        _HANDED_OUT.add(port)
-        out.append(port)
-    return out
+    return [_take_run(1) or _ephemeral_port() for _ in range(count)]
 
 
 def free_port() -> int:
@@ -155,17 +164,10 @@ def free_port() -> int:
 def free_port_run(length: int) -> int:
     """The first of ``length`` consecutive free ports (for a server that walks a port range, like the
     SDK's /metrics fallback), outside the ephemeral range like :func:`free_ports_n`."""
-    spans = _first_port_spans(length)
-    for _attempt in range(500):
-        if not spans:
-            break
-        a, b = _PORT_RANDOM.choice(spans)
-        base = _PORT_RANDOM.randint(a, b)
-        run = range(base, base + length)
-        if not _HANDED_OUT.intersection(run) and all(_bindable(p) for p in run):
-            _HANDED_OUT.update(run)
-            return base
-    raise RuntimeError(f"no run of {length} free ports outside the ephemeral range {_ephemeral_range()}")
+    base = _take_run(length)
+    if base is None:
+        raise RuntimeError(f"no run of {length} free ports outside the ephemeral range {_ephemeral_range()}")
+    return base
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:

@@ -426,13 +426,13 @@ def thanos_store(workdir: Path, *, receivers: int = 2, replication: int = 1, ret
     their labels across the receivers; ``replication`` > 1 writes each to that many (the querier
     then deduplicates on ``receive_replica``). Start the receivers before the querier."""
     binary = built_binary("thanos")
-    grpc = [free_port() for _ in range(receivers)]
+    grpc = free_ports_n(receivers)
     hashring = workdir / "thanos" / "hashring.json"
     hashring.parent.mkdir(parents=True, exist_ok=True)
     hashring.write_text(json.dumps([{"hashring": "default", "endpoints": [f"127.0.0.1:{p}" for p in grpc]}]))
     recv: list[Service] = []
     for i, grpc_port in enumerate(grpc):
-        http_port, write_port, capnp_port = free_port(), free_port(), free_port()
+        http_port, write_port, capnp_port = free_ports_n(3)
         name = f"thanos-receive-{i + 1}"
         recv.append(Service(name, [  # every listener on loopback (Thanos' defaults are 0.0.0.0)
             binary, "receive", f"--grpc-address=127.0.0.1:{grpc_port}", f"--http-address=127.0.0.1:{http_port}",
@@ -443,7 +443,7 @@ def thanos_store(workdir: Path, *, receivers: int = 2, replication: int = 1, ret
             f"--receive.replication-factor={replication}", "--log.level=warn",
         ], workdir / "thanos" / name, ready=_ready(f"http://127.0.0.1:{http_port}/-/ready"),
             ports={"grpc": grpc_port, "http": http_port, "remote_write": write_port}))
-    qhttp, qgrpc = free_port(), free_port()
+    qhttp, qgrpc = free_ports_n(2)
     query = Service("thanos-query", [
         binary, "query", f"--http-address=127.0.0.1:{qhttp}", f"--grpc-address=127.0.0.1:{qgrpc}",
         *(f"--endpoint=127.0.0.1:{p}" for p in grpc), "--query.replica-label=receive_replica",
